@@ -1,0 +1,3 @@
+from trdeploy.cli import main
+
+main()

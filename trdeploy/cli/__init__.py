@@ -1,0 +1,94 @@
+"""The `trdeploy` command line. Thin: parse options, call one core function, print.
+
+Each command lives in its own module under trdeploy/cli/ and delegates to a library function
+that is usable without the CLI. Errors the user can fix are `TrdeployError`: one line on stderr,
+exit code 2, no traceback unless `--debug` (or TRDEPLOY_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+try:  # typer >= 0.22 vendors click as typer._click
+    from typer._click import exceptions as _click_exc
+except ImportError:  # pragma: no cover - older typer on real click
+    from click import exceptions as _click_exc
+
+from trdeploy import __version__
+from trdeploy.errors import TrdeployError
+from trdeploy.output import err_console
+
+app = typer.Typer(
+    name="trdeploy",
+    help=(
+        "From a Turkish Llama-3 checkpoint to a vLLM service that meets its SLA.\n\n"
+        "profile: what Turkish text costs a tokenizer.  tune: exact vLLM engine arguments for a GPU tier.  "
+        "quantize: AWQ 4-bit with Turkish calibration.  bench: measure a live endpoint against the SLA."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": os.environ.get("TRDEPLOY_DEBUG", "") not in ("", "0")}
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"trdeploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    if debug:
+        _state["debug"] = True
+
+
+def _register() -> None:
+    # Imported here so each command module can import the app-level helpers above without cycles.
+    from trdeploy.cli import bench, profile, quantize, tune
+
+    for module in (profile, tune, quantize, bench):
+        module.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, render `TrdeployError` as one line with exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--debug" in args:
+        _state["debug"] = True
+    try:
+        app(args=args, prog_name="trdeploy", standalone_mode=False)
+    except TrdeployError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        err_console.print(f"[bold red]Error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("Aborted.")
+        sys.exit(130)
+    except _click_exc.ClickException as exc:  # usage errors: exit 2, as click does
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("Interrupted.")
+        sys.exit(130)
+    sys.exit(0)

@@ -1,0 +1,9 @@
+"""`trdeploy profile` (being written)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to the app. Replaced by the real command."""

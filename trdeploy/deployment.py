@@ -1,0 +1,172 @@
+"""The DeploymentProfile: the one document every command after `tune` reads.
+
+`tune` decides; `build`, `render-k8s` and `bench` read. `engine_args` maps 1:1 onto `vllm serve`
+flags (vLLM's own names, underscores), so nothing downstream re-derives an engine setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trdeploy import __version__
+from trdeploy.errors import TrdeployError
+from trdeploy.output import write_atomic
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class EngineArgs(_Strict):
+    """vLLM engine arguments, named as `vllm serve` names them (`--max-model-len` is `max_model_len`)."""
+
+    model: str
+    served_model_name: str | None = None
+    tensor_parallel_size: int = Field(1, ge=1)
+    dtype: str = "auto"
+    max_model_len: int = Field(..., ge=16)
+    max_num_seqs: int = Field(..., ge=1)
+    max_num_batched_tokens: int = Field(..., ge=1)
+    gpu_memory_utilization: float = Field(..., gt=0.0, le=1.0)
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    # Only for what vLLM cannot detect from the checkpoint (online fp8). AWQ and compressed-tensors
+    # checkpoints are detected by vLLM itself, so this stays None for them.
+    quantization: str | None = None
+    enable_prefix_caching: bool | None = None
+    enable_chunked_prefill: bool | None = None
+
+    def to_cli_args(self) -> list[str]:
+        """The flags for `vllm serve MODEL ...` (the model is positional, so it is not included)."""
+        args: list[str] = []
+        for name, value in self.model_dump(exclude={"model"}).items():
+            if value is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag if value else "--no-" + name.replace("_", "-"))
+            else:
+                args.extend([flag, str(value)])
+        return args
+
+    def serve_command(self) -> list[str]:
+        return ["vllm", "serve", self.model, *self.to_cli_args()]
+
+
+class ModelInfo(_Strict):
+    """What the profile was tuned for: the checkpoint and the architecture facts that matter for sizing."""
+
+    id: str
+    architecture: str = "LlamaForCausalLM"
+    num_hidden_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    num_parameters: int
+    tokenizer: str | None = None
+
+
+class GpuInfo(_Strict):
+    tier: str
+    count: int = Field(1, ge=1)
+    name: str | None = None
+    memory_gib: float | None = None
+    node_labels: list[str] = Field(default_factory=list)
+    hourly_usd: float | None = None
+
+
+class Workload(_Strict):
+    prompt_tokens: int = Field(..., ge=1)
+    output_tokens: int = Field(..., ge=1)
+    concurrency: int | None = Field(None, ge=1)
+    requests_per_day: float | None = Field(None, ge=0)
+    peak_factor: float = Field(3.0, ge=1.0)
+    context_words: int | None = None
+    tokens_per_word: float | None = None
+
+
+class SLA(_Strict):
+    """Latency targets. Any unset target is not checked."""
+
+    ttft_p95_ms: float | None = Field(None, gt=0)
+    e2e_p95_ms: float | None = Field(None, gt=0)
+    tpot_ms: float | None = Field(None, gt=0)
+
+
+class Prediction(_Strict):
+    weights_gib: float
+    kv_cache_gib: float
+    kv_cache_tokens: int
+    kv_bytes_per_token: int
+    max_concurrency: dict[str, float]
+    tpot_ms: float
+    ttft_ms: float
+    e2e_ms: float
+    output_tokens_per_s: float
+    replicas: int = 1
+    hourly_cost_usd: float | None = None
+    sla_met: bool | None = None
+    sla_max_concurrency: int | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeploymentProfile(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    created_by: str = f"trdeploy {__version__}"
+    vllm_version: str = "0.25.0"
+    model: ModelInfo
+    quantization: Literal["none", "awq", "fp8"] = "none"
+    gpu: GpuInfo
+    engine_args: EngineArgs
+    workload: Workload
+    sla: SLA = Field(default_factory=SLA)
+    prediction: Prediction
+    assumptions: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeploymentProfile:
+        if self.engine_args.tensor_parallel_size != self.gpu.count:
+            raise ValueError(
+                f"engine_args.tensor_parallel_size ({self.engine_args.tensor_parallel_size}) "
+                f"must equal gpu.count ({self.gpu.count})"
+            )
+        if self.engine_args.max_num_batched_tokens < self.engine_args.max_num_seqs:
+            raise ValueError("engine_args.max_num_batched_tokens must be at least max_num_seqs")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100)
+
+    def save(self, path: str | Path, *, force: bool = False) -> Path:
+        return write_atomic(path, self.to_yaml(), force=force)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DeploymentProfile:
+        path = Path(path)
+        if not path.is_file():
+            raise TrdeployError(f"No DeploymentProfile at {path}.", hint="Run `trdeploy tune --gpu TIER -o trdeploy.yaml` first.")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise TrdeployError(f"{path} is not valid YAML ({exc.__class__.__name__}).", hint="Regenerate it with `trdeploy tune`.") from exc
+        if not isinstance(data, dict):
+            raise TrdeployError(f"{path} does not hold a DeploymentProfile mapping.", hint="Regenerate it with `trdeploy tune`.")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise TrdeployError(
+                f"{path} is not a valid DeploymentProfile: {where}: {first['msg']}.",
+                hint="Regenerate it with `trdeploy tune`.",
+            ) from exc
