@@ -50,3 +50,28 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
         (tmp / "config.json").write_text("{}")
     assert (target / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_write_atomic_file_mode_follows_umask(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_typer_exit_code_is_propagated(monkeypatch):
+    import typer
+
+    from trdeploy import cli
+
+    @cli.app.command("exit-three", hidden=True)
+    def _exit_three() -> None:
+        raise typer.Exit(3)
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["exit-three"])
+    assert info.value.code == 3

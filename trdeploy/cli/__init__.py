@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     if "--debug" in args:
         _state["debug"] = True
     try:
-        app(args=args, prog_name="trdeploy", standalone_mode=False)
+        # Without standalone mode click returns the code of `typer.Exit(code)` instead of exiting.
+        code = app(args=args, prog_name="trdeploy", standalone_mode=False)
     except TrdeployError as exc:
         if _state["debug"]:
             traceback.print_exc()
@@ -91,4 +92,4 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("Interrupted.")
         sys.exit(130)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
