@@ -1,9 +1,272 @@
-"""`trdeploy bench` (being written)."""
+"""`trdeploy bench`: parse options, call trdeploy.benchmark, print (thin)."""
 
 from __future__ import annotations
 
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
 import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt
+from trdeploy.errors import TrdeployError
+from trdeploy.output import emit, ensure_writable, progress, to_json, warn, write_atomic
+
+HELP = """Measure a live OpenAI-compatible endpoint (vLLM first) against the SLA.
+
+Streams chat completions (or completions) at a fixed concurrency (closed loop), at a Poisson request rate, or over a sweep of either, and reports TTFT, TPOT, ITL and end-to-end latency (mean, p50, p95, p99) exactly as `vllm bench serve` defines them, request/token throughput, Turkish words per second, error counts by kind, goodput, and what the server's Prometheus /metrics counted meanwhile.
+
+The verdict checks p95 TTFT, p95 E2E and median TPOT against the SLA (from --profile or --sla-* flags) and the error rate against --max-error-rate. Exit code: 0 pass, 1 SLA failed, 2 bad input, 130 interrupted (Ctrl-C prints the partial report).
+
+[bold]Examples[/]
+
+  # SLA gate for the tuned deployment (SLA, served model name and workload from the profile)
+  trdeploy bench --url http://localhost:8000 --profile trdeploy.yaml -o bench.json
+
+  # Chat at concurrency 16 on the embedded Turkish conversations, 300 tokens max, with targets
+  trdeploy bench -c 16 -n 200 --output-tokens 300 --sla-ttft-p95-ms 800 --sla-tpot-ms 40
+
+  # Poisson arrivals at 4 req/s for two minutes
+  trdeploy bench --request-rate 4 --duration 120
+
+  # What `vllm bench serve --dataset-name random --random-input-len 512 --random-output-len 300
+  #   --ignore-eos --max-concurrency 100 --num-prompts 300` measures
+  trdeploy bench --api completions --synthetic 512 --output-tokens 300 --ignore-eos -c 100 -n 300 --json
+
+  # Sweep concurrency, plot the distributions
+  trdeploy bench --sweep concurrency=1,4,16,64 -n 100 --plot bench.png
+
+  # Your own prompts: one per line (.txt) or JSONL with "prompt" / "messages"
+  trdeploy bench --prompts prompts.jsonl --api chat
+"""
+
+
+def bench(
+    url: Annotated[str, typer.Option("--url", help="Server root (with or without /v1).")] = "http://localhost:8000",
+    api: Annotated[str, typer.Option("--api", help="chat (/v1/chat/completions) or completions (/v1/completions).")] = "chat",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name to request \\[default: the profile's served model name, else the first of /v1/models].")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token (or OPENAI_API_KEY).", show_default=False)] = None,
+    profile: Annotated[Optional[Path], typer.Option("--profile", "-p", help="DeploymentProfile (trdeploy.yaml): SLA, served model name, workload defaults.")] = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", help="Requests in flight (closed loop); with --request-rate, a cap. \\[default: 1, or the profile's workload.concurrency]")] = None,
+    request_rate: Annotated[Optional[float], typer.Option("--request-rate", "-r", help="Arrivals per second (Poisson; see --burstiness).")] = None,
+    burstiness: Annotated[float, typer.Option("--burstiness", help="Gamma shape of the arrival gaps: 1 Poisson, <1 burstier, >1 more regular (as vLLM).")] = 1.0,
+    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Run several load levels: concurrency=1,4,16 or request-rate=0.5,1,2.")] = None,
+    num_prompts: Annotated[Optional[int], typer.Option("--num-prompts", "-n", help="Requests per load level \\[default: 100, or unlimited with --duration].")] = None,
+    duration: Annotated[Optional[float], typer.Option("--duration", help="Stop sending after this many seconds (requests in flight finish).")] = None,
+    prompts: Annotated[str, typer.Option("--prompts", help="embedded (chat: Turkish conversations; completions: Turkish corpus), corpus, conversations, or a file (.txt lines / .jsonl with prompt, messages or text).")] = "embedded",
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Hugging Face dataset id (or local data folder) to take prompts from (needs trdeploy\\[data]).")] = None,
+    dataset_split: Annotated[str, typer.Option("--dataset-split", help="Dataset split.")] = "train",
+    dataset_field: Annotated[Optional[str], typer.Option("--dataset-field", help="Dataset column with the prompts \\[default: messages/conversations/prompt/text...].")] = None,
+    synthetic: Annotated[Optional[int], typer.Option("--synthetic", help="INPUT_LEN random token ids per prompt, sent as a token-id prompt (completions only).")] = None,
+    synthetic_vocab_size: Annotated[int, typer.Option("--synthetic-vocab-size", help="Token ids for --synthetic are drawn from [0, this).")] = 128000,
+    output_tokens: Annotated[Optional[int], typer.Option("--output-tokens", help="max_tokens per request \\[default: natural length, or the profile's workload.output_tokens].")] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Send ignore_eos (vLLM) so every request generates exactly --output-tokens.")] = False,
+    min_tokens: Annotated[Optional[int], typer.Option("--min-tokens", help="Send min_tokens (vLLM).")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature \\[default: the server's].")] = None,
+    extra_body: Annotated[Optional[str], typer.Option("--extra-body", help="JSON object merged into every request body.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds one request may take before it counts as a timeout.")] = 600.0,
+    sla_ttft_p95_ms: Annotated[Optional[float], typer.Option("--sla-ttft-p95-ms", help="Target for p95 TTFT (overrides the profile's).")] = None,
+    sla_e2e_p95_ms: Annotated[Optional[float], typer.Option("--sla-e2e-p95-ms", help="Target for p95 end-to-end latency.")] = None,
+    sla_tpot_ms: Annotated[Optional[float], typer.Option("--sla-tpot-ms", help="Target for the median TPOT.")] = None,
+    max_error_rate: Annotated[float, typer.Option("--max-error-rate", help="Largest share of failed requests that still passes.")] = 0.01,
+    percentiles: Annotated[str, typer.Option("--percentiles", help="Percentiles to report (p95 always).")] = "50,95,99",
+    warmup: Annotated[int, typer.Option("--warmup", help="Requests sent before measuring (not counted).")] = 0,
+    server_metrics: Annotated[bool, typer.Option("--server-metrics/--no-server-metrics", help="Scrape Prometheus /metrics before, during and after.")] = True,
+    http_client: Annotated[str, typer.Option("--http-client", help="auto (a lean built-in HTTP/1.1 client for plain http://, httpx for https:// or proxies), raw or httpx.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed for prompt order, synthetic prompts and arrival times.")] = 0,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the TTFT/TPOT/ITL/E2E distributions (needs matplotlib).")] = None,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    from trdeploy.benchmark import load_label, plan_bench, plot_png, run_bench
+
+    for path in (output, plot):
+        if path is not None:
+            ensure_writable(path, force=force)
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise TrdeployError(f"--plot {plot} should end in .png.", hint="E.g. --plot bench.png.")
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:  # fail before the run, not after
+        raise TrdeployError("--plot needs matplotlib.", hint="pip install 'trdeploy[bench]'.")
+    plan = plan_bench(
+        url=url, api=api, model=model, api_key=api_key, profile=profile, concurrency=concurrency,
+        request_rate=request_rate, burstiness=burstiness, sweep=sweep, num_prompts=num_prompts,
+        duration_s=duration, prompts=prompts, dataset=dataset, dataset_split=dataset_split,
+        dataset_field=dataset_field, synthetic=synthetic, synthetic_vocab_size=synthetic_vocab_size,
+        output_tokens=output_tokens, ignore_eos=ignore_eos, min_tokens=min_tokens, temperature=temperature,
+        extra_body=extra_body, timeout_s=timeout, sla_ttft_p95_ms=sla_ttft_p95_ms, sla_e2e_p95_ms=sla_e2e_p95_ms,
+        sla_tpot_ms=sla_tpot_ms, max_error_rate=max_error_rate, percentiles=percentiles, warmup=warmup,
+        server_metrics=server_metrics, seed=seed, http_client=http_client,
+    )  # fmt: skip
+
+    with progress(transient=True) as bar:
+        state: dict[str, Any] = {}
+
+        def on_start(i: int, spec: Any) -> None:
+            if "task" in state:
+                bar.remove_task(state["task"])
+            state["task"] = bar.add_task(f"[{i + 1}/{len(plan.loads)}] {load_label(spec)}", total=spec.num_requests)
+
+        def on_done(_result: Any) -> None:
+            if "task" in state:
+                bar.advance(state["task"])
+
+        result = run_bench(plan, on_start=on_start, on_done=on_done)
+    report = result.report
+
+    if report["interrupted"]:
+        warn("interrupted: the report covers the requests finished before Ctrl-C.")
+    if output is not None:
+        write_atomic(output, to_json(report) + "\n", force=True)
+    if plot is not None:
+        ep = report["endpoint"]
+        write_atomic(plot, plot_png(result.samples, f"trdeploy bench: {ep['model']} at {ep['url']} ({ep['api']})"), force=True)
+    emit(report, as_json=as_json, render=lambda c: render(c, report, output, plot))
+    code = result.exit_code
+    if code:
+        # SystemExit, not typer.Exit: the app runs with standalone_mode=False, where click returns an
+        # Exit's code instead of exiting with it.
+        sys.exit(code)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def render(console: Console, report: dict[str, Any], output: Path | None, plot: Path | None) -> None:
+    ep = report["endpoint"]
+    console.print(f"[bold]trdeploy bench[/]: {ep['model']} at {ep['url']} ({ep['api']}), prompts: {report['prompts']['description']}")
+    pcts = [p for p in report["percentiles"]]
+    runs = report["runs"]
+    for run in runs:
+        _render_run(console, run, pcts, len(runs) > 1)
+    if len(runs) > 1:
+        _render_sweep(console, report)
+    v = report["verdict"]
+    sla = report["sla"]
+    if report["interrupted"]:
+        console.print("[yellow]Interrupted[/]: partial results.")
+    verdict = "[bold green]PASS[/]" if v["passed"] else "[bold red]FAIL[/]"
+    targets = ", ".join(f"{k}={sla[k]:g}" for k in ("ttft_p95_ms", "e2e_p95_ms", "tpot_ms", "max_error_rate") if sla.get(k) is not None)
+    console.print(f"SLA ({sla['source']}; {targets or 'no targets'}): {verdict}")
+    if report["sweep"] and v.get("max_passing") is not None:
+        console.print(f"Highest passing {report['sweep']['parameter']}: {v['max_passing']:g}")
+    for path, what in ((output, "report"), (plot, "plot")):
+        if path is not None:
+            console.print(f"Wrote {what} to {path}")
+
+
+def _render_run(console: Console, run: dict[str, Any], pcts: list[float], title_load: bool) -> None:
+    from trdeploy.metrics import percentile_key
+
+    table = Table(title=f"Latency, {run['label']}" if title_load else "Latency", title_justify="left")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    for p in pcts:
+        table.add_column(f"p{percentile_key(p)}", justify="right")
+    for key, name in (("ttft", "TTFT (ms)"), ("tpot", "TPOT (ms)"), ("itl", "ITL (ms)"), ("e2el", "E2E (ms)")):
+        table.add_row(name, _ms(run[f"mean_{key}_ms"]), *(_ms(run[f"p{percentile_key(p)}_{key}_ms"]) for p in pcts))
+    console.print(table)
+
+    t = Table(show_header=False, title="Throughput and errors", title_justify="left")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    errors = ", ".join(f"{k}: {n}" for k, n in run["errors"].items()) or "none"
+    rows = [
+        ("Requests completed / failed", f"{run['completed']} / {run['failed']}" + (f" (+{run['cancelled']} cancelled)" if run["cancelled"] else "")),
+        ("Errors by kind", errors),
+        ("Duration (s)", _num(run["duration"])),
+        ("Request throughput (req/s)", _num(run["request_throughput"])),
+        ("Goodput (req/s)", _num(run["request_goodput"])),
+        ("Output tokens (from usage)", f"{run['total_output_tokens']:,} ({run['output_tokens_from_usage']} of {run['completed']} requests)"),
+        ("Output token throughput (tok/s)", _num(run["output_throughput"])),
+        ("Total token throughput (tok/s)", _num(run["total_token_throughput"])),
+        ("Turkish words / s (output)", _num(run["output_words_per_s"])),
+        ("Output tokens per word", _num(run["tokens_per_word"])),
+        ("Peak concurrent requests", str(run["max_concurrent_requests"])),
+    ]
+    for kind, samples in run.get("error_samples", {}).items():
+        if samples:
+            rows.append((f"  e.g. {kind}", samples[0][:110]))
+    for row in rows:
+        t.add_row(*row)
+    sm = run["server_metrics"]
+    if sm.get("available"):
+        c = sm["counters"]
+        rows = [
+            ("Server: generated tokens (client)", f"{_num(c.get('generation_tokens'), 0)} ({sm['client']['generation_tokens']:,})"),
+            ("Server: prompt tokens (client)", f"{_num(c.get('prompt_tokens'), 0)} ({sm['client']['prompt_tokens']:,})"),
+            ("Server: successful requests (client)", f"{_num(c.get('request_success'), 0)} ({sm['client']['completed']})"),
+            ("Server: mean TTFT / E2E / queue (ms)", " / ".join(_ms(sm["mean_ms"].get(k)) for k in ("ttft", "e2el", "queue"))),
+            ("Server: peak running / waiting / KV use", " / ".join(_num(sm["peak"].get(k)) for k in ("running", "waiting", "kv_cache_usage"))),
+        ]
+        for row in rows:
+            t.add_row(*row)
+    else:
+        t.add_row("Server metrics", f"skipped: {sm.get('reason')}")
+    console.print(t)
+
+    checks = Table(title="SLA checks", title_justify="left")
+    for col in ("target", "statistic", "measured", "limit", ""):
+        checks.add_column(col, justify="right" if col in ("measured", "limit") else "left")
+    for chk in run["verdict"]["checks"]:
+        measured = chk["measured"]
+        mtxt = "-" if measured is None else (f"{measured:.4f}" if chk["name"] == "max_error_rate" else f"{measured:,.1f}" if isinstance(measured, float) else str(measured))
+        limit = f">= {chk['target']}" if chk["name"] == "completed" else f"<= {chk['target']:g}"
+        checks.add_row(chk["name"], chk["metric"], mtxt, limit, "[green]ok[/]" if chk["passed"] else "[red]FAIL[/]")
+    console.print(checks)
+
+
+def _short_label(load: dict[str, Any]) -> str:
+    if load["closed_loop"]:
+        return f"c={load['concurrency']}"
+    label = f"{load['request_rate']:g}/s"
+    return label + (f" c<={load['concurrency']}" if load["concurrency"] else "")
+
+
+def _compact(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if abs(value) < 100 else f"{value:,.0f}"
+
+
+def _render_sweep(console: Console, report: dict[str, Any]) -> None:
+    t = Table(title=f"Sweep over {report['sweep']['parameter']}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    heads = ("load", "req/s", "out\ntok/s", "words\n/s", "TTFT\np50 ms", "TTFT\np95 ms", "TPOT\np50 ms", "E2E\np95 ms", "good-\nput", "SLA")
+    for col in heads:
+        t.add_column(col, justify="left" if col in ("load", "SLA") else "right", no_wrap=True, min_width=4 if col == "SLA" else None)
+    for run in report["runs"]:
+        verdict = "[green]pass[/]" if run["verdict"]["passed"] else "[red]fail[/]"
+        if run["failed"]:
+            verdict += f" ({run['failed']} err)"
+        t.add_row(
+            _short_label(run["load"]),
+            _compact(run["request_throughput"]),
+            _compact(run["output_throughput"]),
+            _compact(run["output_words_per_s"]),
+            _compact(run["median_ttft_ms"]),
+            _compact(run["p95_ttft_ms"]),
+            _compact(run["median_tpot_ms"]),
+            _compact(run["p95_e2el_ms"]),
+            _compact(run["request_goodput"]),
+            verdict,
+        )
+    console.print(t)
 
 
 def register(app: typer.Typer) -> None:
-    """Add the command to the app. Replaced by the real command."""
+    app.command("bench", help=HELP, no_args_is_help=False)(bench)
+
+
+__all__ = ["register", "bench", "render"]
