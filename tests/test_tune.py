@@ -1,0 +1,281 @@
+"""`trdeploy tune` end to end: the CLI, the DeploymentProfile, errors, the latency calibration, recipes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+from trdeploy.architectures import PRESETS
+from trdeploy.deployment import DeploymentProfile
+from trdeploy.errors import TrdeployError
+from trdeploy.gpus import GPUS, get_gpu
+from trdeploy.latency import predict_latency, step_model
+from trdeploy.memory import predict_kv_cache
+from trdeploy.tuning import TuneRequest, tune
+
+MEASUREMENTS = Path(__file__).parent / "data" / "vllm_measurements.json"
+
+
+def _json(proc) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _one_line_error(proc) -> str:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert text.startswith("Error:")
+    return text
+
+
+# --- The CLI -------------------------------------------------------------------------------------------
+
+
+def test_tune_gpu_h100_alone_works_offline_and_fast(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    started = time.perf_counter()
+    proc = run_cli("tune", "--gpu", "h100", "--json", env=env)
+    elapsed = time.perf_counter() - started
+    data = _json(proc)
+    ea, pred = data["engine_args"], data["prediction"]
+    for key in ("model", "tensor_parallel_size", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "kv_cache_dtype"):
+        assert key in ea
+    for key in ("weights_gib", "kv_cache_gib", "kv_cache_tokens", "max_concurrency", "tpot_ms", "ttft_ms", "e2e_ms", "output_tokens_per_s", "replicas", "hourly_cost_usd"):
+        assert key in pred
+    assert set(pred["max_concurrency"]) == {"at_max_model_len", "at_typical_request"}
+    assert pred["kv_bytes_per_token"] == 128 * 1024  # GQA: 8 KV heads
+    assert ea["tensor_parallel_size"] == data["gpu"]["count"] == 1
+    assert data["serve_command"].startswith("vllm serve meta-llama/Meta-Llama-3-8B-Instruct --tensor-parallel-size 1")
+    # The context came from words x the measured Turkish tokens per word on the llama3 tokenizer.
+    w = data["workload"]
+    assert w["context_words"] == 2000 and w["tokens_per_word"] > 1
+    assert ea["max_model_len"] >= 2000 * w["tokens_per_word"] + w["output_tokens"]
+    assert elapsed < 15, f"tune took {elapsed:.1f} s"  # < 3 s on an idle machine; CI boxes are shared
+
+
+def test_context_words_use_the_profile_tokens_per_word():
+    from trdeploy.embedded import embedded_pairs
+    from trdeploy.inflation import tokens_per_word
+    from trdeploy.tokenizers import load_tokenizer
+
+    expected = tokens_per_word(load_tokenizer("llama3"), [p.tr for p in embedded_pairs()], 95.0)
+    result = tune(TuneRequest(gpu="h100", context_words=1500, output_tokens=200))
+    assert result.profile.workload.tokens_per_word == pytest.approx(expected, abs=1e-4)
+    # Given explicitly: 3000 words x 2.0 + 256 output = 6256 -> rounded up to 6400.
+    given = tune(TuneRequest(gpu="h100", context_words=3000, tokens_per_word=2.0, output_tokens=256))
+    assert given.profile.engine_args.max_model_len == 6400
+
+
+def test_profile_written_validates_and_is_not_overwritten(tmp_path):
+    out = tmp_path / "trdeploy.yaml"
+    proc = run_cli("tune", "--gpu", "l40s", "--quantization", "awq", "--max-model-len", "8192", "--concurrency", "24", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "vllm serve" in proc.stdout and "GPU KV cache size" in proc.stdout
+    profile = DeploymentProfile.load(out)
+    assert profile.quantization == "awq" and profile.gpu.tier == "l40s"
+    assert profile.engine_args.quantization is None  # vLLM detects AWQ / compressed-tensors by itself
+    assert profile.gpu.node_labels == ["NVIDIA-L40S"]
+    assert profile.assumptions
+    before = out.read_text()
+    again = run_cli("tune", "--gpu", "h100", "-o", str(out))
+    assert "--force" in _one_line_error(again)
+    assert out.read_text() == before
+
+
+def test_does_not_fit_lists_what_would_with_numbers(tmp_path):
+    out = tmp_path / "p.yaml"
+    proc = run_cli("tune", "--gpu", "h100", "--model", "llama-3-70b", "--gpus", "1", "--max-model-len", "8192", "-o", str(out))
+    msg = _one_line_error(proc)
+    assert "does not fit one h100" in msg
+    assert "--quantization awq (" in msg and "--gpus 2 (" in msg and "KV tokens/GPU" in msg
+    assert not out.exists()
+    # Long context on a small card: fp8 KV cache, AWQ, more GPUs or a larger tier, or a shorter context.
+    msg = _one_line_error(run_cli("tune", "--gpu", "l4", "--model", "llama-3.1-8b", "--gpus", "1", "--max-model-len", "32768"))
+    assert "--kv-cache-dtype fp8 (" in msg and "--max-model-len" in msg
+
+
+def test_default_gpus_is_the_fewest_that_fit():
+    r = tune(TuneRequest(gpu="h100", model="llama-3-70b", max_model_len=8192))
+    assert r.profile.engine_args.tensor_parallel_size == 2
+    with pytest.raises(TrdeployError):
+        tune(TuneRequest(gpu="h100", model="llama-3-70b", max_model_len=8192, gpus=1))
+    r8 = tune(TuneRequest(gpu="h100", model="llama-3-8b", max_model_len=8192))
+    assert r8.profile.engine_args.tensor_parallel_size == 1
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--gpu", "v100"], "Unknown GPU tier"),
+        (["--gpu", "h100", "--gpus", "3"], "cannot split"),
+        (["--gpu", "h100", "--model", "llama-3-8b", "--max-model-len", "16384"], "8192 positions"),
+        (["--gpu", "h100", "--max-model-len", "4096", "--context-words", "100"], "either --context-words or --max-model-len"),
+        (["--gpu", "h100", "--gpu-memory-utilization", "1.0"], "CUDA context"),
+        (["--gpu", "h100", "--max-num-seqs", "512", "--max-num-batched-tokens", "256"], "below --max-num-seqs"),
+        (["--gpu", "h100", "--model", "./no/such/folder"], "No checkpoint folder"),
+        (["--gpu", "h100", "--max-model-len", "1024", "--prompt-tokens", "1000"], "does not fit max_model_len"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, expected):
+    assert expected in _one_line_error(run_cli("tune", *args))
+
+
+# --- Latency calibration -----------------------------------------------------------------------------------
+
+
+def _bench(id_):
+    return next(b for b in json.loads(MEASUREMENTS.read_text())["benchmarks"] if b["id"] == id_)
+
+
+@pytest.mark.parametrize("quant, bench_ids", [("none", ["h100-bf16-default-c100", "h100-bf16-default-c100-rerun"]), ("awq", ["h100-awq-default-c100"])])
+def test_latency_at_the_calibration_point(quant, bench_ids):
+    arch, gpu = PRESETS["llama-3-8b"], get_gpu("h100")
+    kv = predict_kv_cache(arch, gpu, max_model_len=8192, max_num_seqs=1024, max_num_batched_tokens=8192, quantization=quant)
+    step = step_model(arch, gpu, tp=1, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=quant)
+    lat = predict_latency(step, concurrency=100, prompt_tokens=512, output_tokens=300, max_num_batched_tokens=8192)
+    for bid in bench_ids:
+        m = _bench(bid)["measured"]
+        assert lat.tpot_p50_ms == pytest.approx(m["tpot_ms"]["p50"], rel=0.15)  # the issue's goal
+        assert lat.ttft_p95_ms == pytest.approx(m["ttft_ms"]["p95"], rel=0.15)
+        assert lat.e2e_p95_ms == pytest.approx(m["e2e_ms"]["p95"], rel=0.15)
+        assert lat.output_tokens_per_s == pytest.approx(m["output_tok_s"], rel=0.10)
+    # Decode-only steps (prefix-cached prompts) at low concurrency.
+    for c, bid in ((1, "h100-bf16-default-c1"), (32, "h100-bf16-default-c32")) if quant == "none" else ((1, "h100-awq-default-c1"),):
+        assert step.decode_step_ms(c, 512 + 150) == pytest.approx(_bench(bid)["measured"]["tpot_ms"]["p50"], rel=0.05)
+
+
+def test_latency_physics():
+    arch, h100, l4 = PRESETS["llama-3-8b"], get_gpu("h100"), get_gpu("l4")
+
+    def step(gpu, quant="none"):
+        kv = predict_kv_cache(arch, gpu, max_model_len=4096, max_num_seqs=64, max_num_batched_tokens=2048, quantization=quant)
+        return step_model(arch, gpu, tp=1, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=quant)
+
+    # A GPU with 11x less bandwidth decodes much slower; more sequences and longer contexts cost more.
+    assert step(l4).decode_step_ms(1, 1000) > 8 * step(h100).decode_step_ms(1, 1000)
+    s = step(h100)
+    assert s.decode_step_ms(64, 1000) > s.decode_step_ms(8, 1000) > s.decode_step_ms(8, 100)
+    assert step(h100, "awq").decode_step_ms(1, 500) < s.decode_step_ms(1, 500)  # 4-bit weights read faster
+    lat = [predict_latency(s, concurrency=c, prompt_tokens=1024, output_tokens=256, max_num_batched_tokens=2048) for c in (1, 8, 64)]
+    assert lat[0].ttft_p95_ms < lat[1].ttft_p95_ms < lat[2].ttft_p95_ms
+    assert lat[0].output_tokens_per_s < lat[1].output_tokens_per_s < lat[2].output_tokens_per_s
+
+
+# --- SLA, traffic, replicas ------------------------------------------------------------------------------------
+
+
+def test_sla_not_met_says_where_it_holds():
+    r = tune(TuneRequest(gpu="h100", max_model_len=8192, prompt_tokens=2048, output_tokens=256, concurrency=64, ttft_p95_ms=400.0, gpus=1))
+    p = r.profile.prediction
+    assert p.sla_met is True  # tune plans replicas so that each holds the SLA
+    assert p.replicas > 1 and p.sla_max_concurrency and p.sla_max_concurrency < 64
+    assert r.profile.prediction.details["concurrency_per_replica"] <= p.sla_max_concurrency
+    # With an explicit max_num_seqs cap the SLA cannot be planned around: say so.
+    bad = tune(TuneRequest(gpu="rtx4090", max_model_len=4096, prompt_tokens=1024, output_tokens=128, concurrency=4, tpot_ms=5.0))
+    assert bad.profile.prediction.sla_met is False
+    assert any("SLA does not hold" in w for w in bad.warnings)
+
+
+def test_requests_per_day_sets_replicas_and_cost():
+    small = tune(TuneRequest(gpu="h100", max_model_len=8192, requests_per_day=50_000))
+    big = tune(TuneRequest(gpu="h100", max_model_len=8192, requests_per_day=5_000_000))
+    assert big.profile.prediction.replicas > small.profile.prediction.replicas >= 1
+    for r in (small, big):
+        p = r.profile.prediction
+        assert p.hourly_cost_usd == pytest.approx(p.replicas * r.profile.gpu.count * GPUS["h100"].hourly_usd)
+        # Enough capacity for the peak rate.
+        per_replica = p.details["latency_per_replica"]["requests_per_s"]
+        assert per_replica * p.replicas >= p.details["peak_requests_per_s"] * 0.999
+
+
+# --- Model sources -----------------------------------------------------------------------------------------------
+
+
+def _llama_config(**extra):
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192,
+           "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+           "max_position_embeddings": 131072, "tie_word_embeddings": True, "torch_dtype": "bfloat16"}
+    cfg.update(extra)
+    return cfg
+
+
+def _write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> int:
+    header, offset = {}, 0
+    sizes = {"BF16": 2, "I32": 4, "F16": 2}
+    for name, (dtype, shape) in tensors.items():
+        n = sizes[dtype]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * offset)
+    return offset
+
+
+def test_local_folder_reads_config_quantization_and_safetensors(tmp_path):
+    folder = tmp_path / "tr-llama-1b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(_llama_config()))
+    nbytes = _write_safetensors(folder / "model.safetensors", {"a": ("BF16", [4, 8]), "b": ("BF16", [16])})
+    data = _json(run_cli("tune", "--gpu", "l4", "--model", str(folder), "--max-model-len", "4096", "--json"))
+    assert data["model"]["id"] == str(folder) and data["model"]["num_hidden_layers"] == 16
+    assert data["model"]["num_parameters"] == 4 * 8 + 16  # from the safetensors headers
+    assert data["prediction"]["details"]["checkpoint_bytes"] == nbytes
+    awq = tmp_path / "tr-llama-1b-awq"
+    awq.mkdir()
+    (awq / "config.json").write_text(json.dumps(_llama_config(quantization_config={"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"})))
+    data = _json(run_cli("tune", "--gpu", "l4", "--model", str(awq), "--max-model-len", "4096", "--json"))
+    assert data["quantization"] == "awq" and data["engine_args"]["model"] == str(awq)
+    assert data["engine_args"]["quantization"] is None
+    assert "contradicts" in _one_line_error(run_cli("tune", "--gpu", "l4", "--model", str(awq), "--quantization", "none"))
+    bad = tmp_path / "bert"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    assert "Llama models only" in _one_line_error(run_cli("tune", "--gpu", "l4", "--model", str(bad)))
+
+
+def test_hub_id_from_the_offline_cache(tmp_path):
+    snap = tmp_path / "hf" / "hub" / "models--acme--turkish-llama-8b" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(_llama_config(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, head_dim=128,
+                                                                tie_word_embeddings=False, max_position_embeddings=8192)))
+    (snap / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 16060522496}, "weight_map": {}}))
+    refs = snap.parent.parent / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("a" * 40)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    data = _json(run_cli("tune", "--gpu", "h100", "--model", "acme/turkish-llama-8b", "--max-model-len", "8192", "--json", env=env))
+    assert data["engine_args"]["model"] == "acme/turkish-llama-8b"
+    assert data["model"]["num_parameters"] == 8_030_261_248
+    assert data["prediction"]["details"]["checkpoint_bytes"] == 16060522496
+    assert "local Hugging Face cache" in _one_line_error(run_cli("tune", "--gpu", "h100", "--model", "acme/not-cached", env=env))
+
+
+# --- Recipes ---------------------------------------------------------------------------------------------------
+
+
+def test_recipes_are_in_sync_with_the_code():
+    spec = importlib.util.spec_from_file_location("make_recipes", ROOT / "scripts" / "make_recipes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    produced = module.render()
+    committed = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / "recipes").glob("*.yaml")}
+    assert set(produced) == set(committed)
+    for name, text in produced.items():
+        assert committed[name] == text, f"recipes/{name} is stale: run python scripts/make_recipes.py"
+    names = set(produced)
+    for q in ("bf16", "awq"):
+        for g in ("h100", "a100-80gb", "l40s", "rtx4090"):
+            assert f"llama-3-8b-{q}-{g}.yaml" in names
+    assert {"llama-3-70b-awq-h100-x2.yaml", "llama-3-70b-bf16-h100-x4.yaml"} <= names
+    for text in committed.values():
+        DeploymentProfile.model_validate(yaml.safe_load(text))

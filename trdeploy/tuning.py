@@ -1,0 +1,620 @@
+"""`tune`: from a model, a GPU tier and a workload to a DeploymentProfile with vLLM engine arguments.
+
+Steps (each a pure function of typed values except `context_tokens_per_word`, which reads a corpus):
+1. resolve the model (preset, folder, hub id) and its quantization;
+2. max_model_len: given, or Turkish context words x tokens per word (p95 on the model's tokenizer) + output;
+3. tensor parallelism: given, or the fewest GPUs on which vLLM starts (one max_model_len request fits);
+4. engine arguments: vLLM's own defaults for the GPU where the user gives none; max_num_seqs follows the
+   planned concurrency and what the KV cache holds;
+5. predictions: the memory accounting (trdeploy.memory) and the latency model (trdeploy.latency) at the
+   planned per-replica concurrency; replicas for the traffic target; the SLA and the highest concurrency
+   at which it holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from trdeploy.architectures import ResolvedModel, resolve_model
+from trdeploy.deployment import SLA, DeploymentProfile, EngineArgs, GpuInfo, ModelInfo, Prediction, Workload
+from trdeploy.errors import TrdeployError
+from trdeploy.gpus import GiB, GpuSpec, get_gpu
+from trdeploy.latency import LatencyPrediction, predict_latency, step_model
+from trdeploy.memory import (
+    CUDA_CONTEXT_GIB,
+    CUDA_GRAPH_GIB,
+    KV_BLOCK_SIZE,
+    NON_TORCH_TP_EXTRA_GIB,
+    KvCachePrediction,
+    cdiv,
+    check_tp,
+    kv_bytes_per_token,
+    max_gpu_memory_utilization,
+    predict_kv_cache,
+    valid_tp_sizes,
+)
+
+DEFAULT_MODEL = "llama-3-8b"
+DEFAULT_CONTEXT_WORDS = 2000
+DEFAULT_PROMPT_TOKENS = 1024
+DEFAULT_OUTPUT_TOKENS = 256
+DEFAULT_CONCURRENCY = 32
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
+DEFAULT_PEAK_FACTOR = 3.0
+MAX_TP = 8
+MAX_MODEL_LEN_ROUNDING = 256
+
+
+@dataclass
+class TuneRequest:
+    gpu: str
+    model: str = DEFAULT_MODEL
+    gpus: int | None = None
+    quantization: str | None = None  # none | awq | fp8; None: what the checkpoint has, else none
+    kv_cache_dtype: str = "auto"
+    context_words: int | None = None
+    tokens_per_word: float | None = None
+    corpus: str | None = None
+    percentile: float = 95.0
+    max_model_len: int | None = None
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    concurrency: int | None = None
+    requests_per_day: float | None = None
+    peak_factor: float = DEFAULT_PEAK_FACTOR
+    ttft_p95_ms: float | None = None
+    e2e_p95_ms: float | None = None
+    tpot_ms: float | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float | None = None
+    compile_cache: str = "cold"
+    name: str | None = None
+    served_model_name: str | None = None
+
+
+@dataclass
+class TuneResult:
+    profile: DeploymentProfile
+    kv: KvCachePrediction
+    latency: LatencyPrediction
+    model: ResolvedModel
+    gpu: GpuSpec
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def serve_command(self) -> list[str]:
+        return self.profile.engine_args.serve_command()
+
+    def as_json(self) -> dict[str, Any]:
+        data = self.profile.model_dump(mode="json")
+        data["serve_command"] = " ".join(self.serve_command)
+        data["warnings"] = list(self.warnings)
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Context words -> tokens
+
+
+def context_tokens_per_word(tokenizer_spec: str, corpus: str | None, percentile: float) -> tuple[float, str]:
+    """Tokens per Turkish word at `percentile` (per document) on the model's tokenizer: the embedded
+    parallel corpus's Turkish side, or the user's corpus. Returns (value, where it came from)."""
+    from trdeploy.inflation import tokens_per_word
+    from trdeploy.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_spec)
+    if corpus:
+        from trdeploy.corpora import iter_documents, open_corpus
+
+        texts = list(iter_documents(open_corpus(corpus, limit=50_000)))
+        source = f"{corpus} ({len(texts)} documents)"
+    else:
+        from trdeploy.embedded import embedded_pairs
+
+        texts = [p.tr for p in embedded_pairs()]
+        source = f"the embedded Turkish corpus ({len(texts)} documents)"
+    value = tokens_per_word(tok, texts, percentile)
+    return float(value), f"p{percentile:g} tokens per word of {source} on the {tokenizer_spec} tokenizer"
+
+
+def round_up(x: int, to: int) -> int:
+    return cdiv(x, to) * to
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning helpers
+
+
+@dataclass(frozen=True)
+class _Plan:
+    tp: int
+    quantization: str
+    kv_cache_dtype: str
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    gpu_memory_utilization: float
+
+
+def _predict(model: ResolvedModel, gpu: GpuSpec, plan: _Plan, compile_cache: str) -> KvCachePrediction:
+    return predict_kv_cache(
+        model,
+        gpu,
+        tp=plan.tp,
+        max_model_len=plan.max_model_len,
+        max_num_seqs=plan.max_num_seqs,
+        max_num_batched_tokens=plan.max_num_batched_tokens,
+        gpu_memory_utilization=plan.gpu_memory_utilization,
+        kv_cache_dtype=plan.kv_cache_dtype,
+        quantization=plan.quantization,  # type: ignore[arg-type]
+        compile_cache=compile_cache,  # type: ignore[arg-type]
+    )
+
+
+def _fit_line(kv: KvCachePrediction) -> str:
+    return f"{kv.kv_cache_tokens:,} KV tokens/GPU, weights {kv.weights_gib:.1f} GiB/GPU"
+
+
+def _what_would_fit(model: ResolvedModel, gpu: GpuSpec, plan: _Plan, compile_cache: str, gpus_fixed: bool) -> list[str]:
+    """Concrete alternatives that make vLLM start, cheapest first within each kind of change, with numbers."""
+    from trdeploy.gpus import GPUS
+
+    can_awq = plan.quantization == "none" and model.quant is None
+    quants = [plan.quantization] + (["awq"] if can_awq else [])
+    kvs = [plan.kv_cache_dtype] + (["fp8"] if plan.kv_cache_dtype == "auto" else [])
+    tps = [t for t in valid_tp_sizes(model.arch, MAX_TP) if t >= plan.tp]
+    fitting: list[tuple[GpuSpec, _Plan, KvCachePrediction]] = []
+    for g in GPUS.values():
+        if g.cuda_total_bytes < gpu.cuda_total_bytes and g is not gpu:
+            continue
+        for q in quants:
+            for kvd in kvs:
+                for tp in tps:
+                    p = replace(plan, tp=tp, quantization=q, kv_cache_dtype=kvd)
+                    try:
+                        kv = _predict(model, g, p, compile_cache)
+                    except TrdeployError:
+                        continue
+                    if kv.fits:
+                        fitting.append((g, p, kv))
+                        break  # the fewest GPUs for this tier/quant/kv
+
+    def flags(g: GpuSpec, p: _Plan) -> str:
+        parts = []
+        if g is not gpu:
+            parts.append(f"--gpu {g.tier}")
+        if p.quantization != plan.quantization:
+            parts.append(f"--quantization {p.quantization}")
+        if p.kv_cache_dtype != plan.kv_cache_dtype:
+            parts.append(f"--kv-cache-dtype {p.kv_cache_dtype}")
+        if p.tp != plan.tp:
+            parts.append(f"--gpus {p.tp}")
+        return " ".join(parts)
+
+    def cost(item) -> tuple:
+        g, p, kv = item
+        return (p.tp * g.hourly_usd, p.quantization != plan.quantization, p.kv_cache_dtype != plan.kv_cache_dtype, -kv.kv_cache_tokens)
+
+    def changes(item) -> int:
+        g, p, _ = item
+        return (g is not gpu) + (p.quantization != plan.quantization) + (p.kv_cache_dtype != plan.kv_cache_dtype) + (p.tp != plan.tp)
+
+    same = sorted((it for it in fitting if it[0] is gpu and it[1].tp == plan.tp), key=lambda it: (changes(it), cost(it)))
+    chosen = [it for it in same if changes(it) == 1] or same[:1]
+    for keep in (lambda g, p: g is gpu and p.tp > plan.tp, lambda g, p: g is not gpu):
+        chosen += sorted((it for it in fitting if keep(it[0], it[1])), key=lambda it: (cost(it), changes(it)))[:1]
+    options: list[str] = [f"{flags(g, p)} ({_fit_line(kv)}, ${p.tp * g.hourly_usd:.2f}/h)" for g, p, kv in chosen]
+    kv = _predict(model, gpu, plan, compile_cache)
+    if kv.num_blocks >= 1 and kv.available_bytes > 0:
+        longest = (kv.num_blocks * KV_BLOCK_SIZE) // MAX_MODEL_LEN_ROUNDING * MAX_MODEL_LEN_ROUNDING
+        if longest >= MAX_MODEL_LEN_ROUNDING:
+            options.append(f"--max-model-len {longest} (a shorter context)")
+    return options
+
+
+def _not_fit_error(model: ResolvedModel, gpu: GpuSpec, plan: _Plan, kv: KvCachePrediction, compile_cache: str, gpus_fixed: bool) -> TrdeployError:
+    what = f"{model.arch.name} ({plan.quantization if plan.quantization != 'none' else model.arch.torch_dtype})"
+    where = f"{plan.tp}x {gpu.tier}" if plan.tp > 1 else f"one {gpu.tier}"
+    budget = kv.requested_bytes / GiB
+    if kv.available_bytes <= 0:
+        why = (
+            f"weights {kv.weights_gib:.1f} GiB + activations {kv.activation_gib:.1f} GiB + other {kv.non_torch_gib:.2f} GiB "
+            f"per GPU exceed vLLM's budget of {budget:.1f} GiB (gpu_memory_utilization {plan.gpu_memory_utilization:.2f})"
+        )
+    else:
+        need = cdiv(plan.max_model_len, KV_BLOCK_SIZE) * kv.page_size_bytes * kv.num_layers / GiB
+        why = (
+            f"one {plan.max_model_len}-token request needs {need:.2f} GiB of KV cache but only "
+            f"{kv.available_gib:.2f} GiB is left ({kv.kv_cache_tokens:,} tokens)"
+        )
+    options = _what_would_fit(model, gpu, plan, compile_cache, gpus_fixed)
+    hint = ("What would make it fit: " + "; ".join(options) + ".") if options else f"Nothing in the catalog fits it, even as AWQ with fp8 KV cache on {MAX_TP} GPUs of the largest tier; use a smaller model."
+    return TrdeployError(f"{what} does not fit {where}: {why}.", hint=hint)
+
+
+def _sla_checker(sla: SLA) -> Callable[[LatencyPrediction], bool] | None:
+    if sla.ttft_p95_ms is None and sla.e2e_p95_ms is None and sla.tpot_ms is None:
+        return None
+
+    def ok(lat: LatencyPrediction) -> bool:
+        return (
+            (sla.ttft_p95_ms is None or lat.ttft_p95_ms <= sla.ttft_p95_ms)
+            and (sla.e2e_p95_ms is None or lat.e2e_p95_ms <= sla.e2e_p95_ms)
+            and (sla.tpot_ms is None or lat.tpot_p50_ms <= sla.tpot_ms)
+        )
+
+    return ok
+
+
+def _highest(pred: Callable[[int], bool], upper: int) -> int:
+    """Largest c in [1, upper] with pred(c) true, assuming pred holds below some threshold; 0 if none."""
+    if upper < 1 or not pred(1):
+        return 0
+    lo, hi = 1, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if pred(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# ---------------------------------------------------------------------------------------------
+# The orchestration
+
+
+def _resolve_quant(model: ResolvedModel, requested: str | None, gpu: GpuSpec, warnings: list[str]) -> tuple[ResolvedModel, str]:
+    detected = model.quant.kind if model.quant else None
+    if requested is None:
+        return model, detected or "none"
+    if requested not in ("none", "awq", "fp8"):
+        raise TrdeployError(f"Unknown --quantization '{requested}'.", hint="Use none, awq or fp8.")
+    if detected and requested != detected:
+        raise TrdeployError(
+            f"{model.id} is already a {model.quant.method} ({detected}) checkpoint; --quantization {requested} contradicts it.",  # type: ignore[union-attr]
+            hint=f"Leave --quantization out (or pass {detected}).",
+        )
+    if requested == "fp8" and not gpu.fp8_compute:
+        warnings.append(
+            f"{gpu.tier} has no fp8 tensor cores: vLLM runs --quantization fp8 there weight-only (FP8 Marlin), "
+            "which halves weight memory but computes in 16 bit."
+        )
+    return model, requested
+
+
+def _served_model(model: ResolvedModel, quantization: str) -> tuple[str, str | None]:
+    """The `vllm serve` model argument, and a note when it is a checkpoint still to be made."""
+    if quantization == "awq" and model.quant is None:
+        base = Path(model.id).name if model.source == "local" else model.id.split("/")[-1].split("@")[0]
+        path = f"./{base}-awq"
+        return path, f"engine_args.model {path} is the AWQ checkpoint `trdeploy quantize {model.id} -o {path}` writes; point it at yours."
+    return model.id, None
+
+
+def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, float], tuple[float, str]] = context_tokens_per_word) -> TuneResult:
+    warnings: list[str] = []
+    assumptions: list[str] = []
+    gpu = get_gpu(req.gpu)
+    if req.compile_cache not in ("cold", "warm"):
+        raise TrdeployError(f"Unknown --compile-cache '{req.compile_cache}'.", hint="Use cold (first start) or warm.")
+    if req.kv_cache_dtype not in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2"):
+        raise TrdeployError(f"Unknown --kv-cache-dtype '{req.kv_cache_dtype}'.", hint="Use auto or fp8.")
+    model = resolve_model(req.model)
+    model, quantization = _resolve_quant(model, req.quantization, gpu, warnings)
+    arch = model.arch
+
+    # --- Cheap checks first (before any corpus is read) ---------------------------------------------
+    if req.concurrency is not None and req.requests_per_day is not None:
+        raise TrdeployError("Pass either --concurrency or --requests-per-day, not both.", hint="--concurrency is per deployment; --requests-per-day derives it.")
+    if req.concurrency is not None and req.concurrency < 1:
+        raise TrdeployError("--concurrency must be at least 1.", hint="Pass the number of requests in flight.")
+    if req.requests_per_day is not None and req.requests_per_day <= 0:
+        raise TrdeployError("--requests-per-day must be positive.", hint="Pass the daily request volume.")
+    if req.peak_factor < 1:
+        raise TrdeployError("--peak-factor must be at least 1.", hint="It is the peak hour's rate over the daily average.")
+    util = req.gpu_memory_utilization if req.gpu_memory_utilization is not None else DEFAULT_GPU_MEMORY_UTILIZATION
+    if not 0 < util <= 1:
+        raise TrdeployError(f"--gpu-memory-utilization must be in (0, 1] (got {util}).", hint="vLLM's default is 0.9.")
+    if util > max_gpu_memory_utilization(gpu):
+        raise TrdeployError(
+            f"--gpu-memory-utilization {util} asks for more than is free on a {gpu.tier} after the CUDA context "
+            f"(at most {max_gpu_memory_utilization(gpu):.3f}); vLLM would refuse to start.",
+            hint="Use 0.9 (vLLM's default) or a little more.",
+        )
+    mbt_user = req.max_num_batched_tokens
+    seqs_user = req.max_num_seqs
+    if mbt_user is not None and mbt_user < 1:
+        raise TrdeployError("--max-num-batched-tokens must be at least 1.", hint="vLLM's default is 8192 on H100/H200, 2048 elsewhere.")
+    if seqs_user is not None and seqs_user < 1:
+        raise TrdeployError("--max-num-seqs must be at least 1.", hint="It caps the sequences decoded together.")
+    if mbt_user is not None and seqs_user is not None and mbt_user < seqs_user:
+        raise TrdeployError(
+            f"--max-num-batched-tokens {mbt_user} is below --max-num-seqs {seqs_user}; vLLM rejects that.",
+            hint="Raise --max-num-batched-tokens or lower --max-num-seqs.",
+        )
+
+    # --- Workload and max_model_len ---------------------------------------------------------------
+    output_tokens = req.output_tokens or DEFAULT_OUTPUT_TOKENS
+    if output_tokens < 1:
+        raise TrdeployError("--output-tokens must be at least 1.", hint="Pass the typical number of generated tokens.")
+    tpw: float | None = None
+    context_words = req.context_words
+    if req.max_model_len is not None:
+        if context_words is not None:
+            raise TrdeployError("Pass either --context-words or --max-model-len, not both.", hint="--max-model-len is in tokens; --context-words is converted.")
+        max_model_len = int(req.max_model_len)
+        if max_model_len < KV_BLOCK_SIZE:
+            raise TrdeployError(f"--max-model-len {max_model_len} is too small.", hint=f"Use at least {KV_BLOCK_SIZE}.")
+    else:
+        context_words = context_words if context_words is not None else DEFAULT_CONTEXT_WORDS
+        if context_words < 1:
+            raise TrdeployError("--context-words must be at least 1.", hint="Pass the Turkish context the application needs, in words.")
+        if req.tokens_per_word is not None:
+            if req.tokens_per_word <= 0:
+                raise TrdeployError("--tokens-per-word must be positive.", hint="Measure it with `trdeploy profile`.")
+            tpw = float(req.tokens_per_word)
+            assumptions.append(f"Turkish tokens per word {tpw:g} (given).")
+        else:
+            tpw, tpw_source = tokens_per_word_fn(model.tokenizer, req.corpus, req.percentile)
+            assumptions.append(f"Turkish tokens per word {tpw:.3f}: {tpw_source}.")
+        context_tokens = math.ceil(context_words * tpw)
+        max_model_len = round_up(context_tokens + output_tokens, MAX_MODEL_LEN_ROUNDING)
+        assumptions.append(
+            f"max_model_len {max_model_len} = {context_words} words x {tpw:.3f} tokens/word ({context_tokens} tokens) "
+            f"+ {output_tokens} output tokens, rounded up to {MAX_MODEL_LEN_ROUNDING}."
+        )
+    if max_model_len > arch.max_position_embeddings:
+        raise TrdeployError(
+            f"max_model_len {max_model_len} exceeds {arch.name}'s {arch.max_position_embeddings} positions.",
+            hint="Ask for less context, or use a Llama-3.1+ model (131,072 positions).",
+        )
+    prompt_tokens = req.prompt_tokens or min(DEFAULT_PROMPT_TOKENS, max(1, max_model_len - output_tokens))
+    if prompt_tokens < 1:
+        raise TrdeployError("--prompt-tokens must be at least 1.", hint="Pass the typical prompt length in tokens.")
+    if prompt_tokens + output_tokens > max_model_len:
+        raise TrdeployError(
+            f"A typical request ({prompt_tokens} prompt + {output_tokens} output tokens) does not fit max_model_len {max_model_len}.",
+            hint="Raise --max-model-len / --context-words or lower --prompt-tokens / --output-tokens.",
+        )
+    sla = SLA(ttft_p95_ms=req.ttft_p95_ms, e2e_p95_ms=req.e2e_p95_ms, tpot_ms=req.tpot_ms)
+    for label, value in (("--sla-ttft-p95-ms", req.ttft_p95_ms), ("--sla-e2e-p95-ms", req.e2e_p95_ms), ("--sla-tpot-ms", req.tpot_ms)):
+        if value is not None and value <= 0:
+            raise TrdeployError(f"{label} must be positive.", hint="Pass milliseconds.")
+
+    # --- Engine settings --------------------------------------------------------------------------
+    mbt = mbt_user or gpu.vllm_default_max_num_batched_tokens
+    seqs0 = seqs_user or min(gpu.vllm_default_max_num_seqs, mbt)
+    mbt = max(mbt, seqs0) if mbt_user is None else mbt
+
+    base_plan = _Plan(
+        tp=req.gpus or 1,
+        quantization=quantization,
+        kv_cache_dtype=req.kv_cache_dtype,
+        max_model_len=max_model_len,
+        max_num_seqs=seqs0,
+        max_num_batched_tokens=mbt,
+        gpu_memory_utilization=util,
+    )
+
+    # --- Tensor parallelism: given, or the fewest GPUs that start --------------------------------
+    if req.gpus is not None:
+        check_tp(arch, req.gpus)
+        plan = base_plan
+        kv = _predict(model, gpu, plan, req.compile_cache)
+        if not kv.fits:
+            raise _not_fit_error(model, gpu, plan, kv, req.compile_cache, gpus_fixed=True)
+    else:
+        kv = None
+        plan = base_plan
+        for tp in valid_tp_sizes(arch, MAX_TP):
+            candidate = replace(base_plan, tp=tp)
+            pred = _predict(model, gpu, candidate, req.compile_cache)
+            if pred.fits:
+                plan, kv = candidate, pred
+                break
+        if kv is None:
+            raise _not_fit_error(model, gpu, base_plan, _predict(model, gpu, base_plan, req.compile_cache), req.compile_cache, gpus_fixed=False)
+
+    # --- Concurrency, replicas, SLA -----------------------------------------------------------------
+    typical = prompt_tokens + output_tokens
+    step = step_model(arch, gpu, tp=plan.tp, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=plan.quantization)
+    ok = _sla_checker(sla)
+
+    def latency_at(c: int, mbt_: int = plan.max_num_batched_tokens) -> LatencyPrediction:
+        return predict_latency(step, concurrency=c, prompt_tokens=prompt_tokens, output_tokens=output_tokens, max_num_batched_tokens=mbt_)
+
+    kv_capacity = max(1, int(kv.concurrency_for(typical)))
+    cap = min(kv_capacity, seqs_user) if seqs_user else min(kv_capacity, 1024)
+    sla_max = _highest(lambda c: ok(latency_at(c)), cap) if ok else None
+    limit = sla_max if sla_max else cap  # per-replica concurrency we plan up to
+    peak_rps = None
+    if req.requests_per_day is not None:
+        peak_rps = req.requests_per_day / 86400.0 * req.peak_factor
+        per_replica_max = latency_at(limit).requests_per_s
+        replicas = max(1, math.ceil(peak_rps / per_replica_max - 1e-9))
+        need = peak_rps / replicas
+        per_replica = _highest(lambda c: latency_at(c).requests_per_s < need, limit) + 1
+        per_replica = min(max(1, per_replica), limit)
+        assumptions.append(
+            f"Traffic: {req.requests_per_day:g} requests/day x peak factor {req.peak_factor:g} = {peak_rps:.3f} requests/s at peak, "
+            f"served by {replicas} replica(s) at {per_replica} concurrent requests each (Little's law on the predicted end-to-end latency)."
+        )
+    else:
+        total = req.concurrency or DEFAULT_CONCURRENCY
+        if req.concurrency is None:
+            assumptions.append(f"Planned concurrency {DEFAULT_CONCURRENCY} requests in flight (default; set --concurrency or --requests-per-day).")
+        replicas = max(1, math.ceil(total / limit))
+        per_replica = cdiv(total, replicas)
+
+    # --- max_num_seqs from the plan, then the final prediction ---------------------------------------
+    if seqs_user is None:
+        seqs = min(max(8, round_up(per_replica, 8)), max(8, kv_capacity // 8 * 8), 1024)
+        seqs = max(seqs, per_replica) if per_replica <= kv_capacity else seqs
+        final_mbt = plan.max_num_batched_tokens if mbt_user is not None else max(plan.max_num_batched_tokens, seqs)
+        plan = replace(plan, max_num_seqs=seqs, max_num_batched_tokens=final_mbt)
+        kv = _predict(model, gpu, plan, req.compile_cache)
+        if not kv.fits:  # the sampler term grew past the margin; keep the first plan's seqs
+            plan = replace(plan, max_num_seqs=seqs0)
+            kv = _predict(model, gpu, plan, req.compile_cache)
+        step = step_model(arch, gpu, tp=plan.tp, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=plan.quantization)
+        kv_capacity = max(1, int(kv.concurrency_for(typical)))
+    lat = latency_at(per_replica)
+    sla_met = ok(lat) if ok else None
+    if ok:
+        sla_max = _highest(lambda c: ok(latency_at(c)), min(kv_capacity, plan.max_num_seqs))
+        if not sla_met:
+            warnings.append(
+                f"The SLA does not hold at {per_replica} concurrent requests per replica (predicted p95 TTFT {lat.ttft_p95_ms:.0f} ms, "
+                f"median TPOT {lat.tpot_p50_ms:.1f} ms, p95 end-to-end {lat.e2e_p95_ms:.0f} ms); "
+                + (f"it holds up to {sla_max} per replica." if sla_max else "it does not hold even for a single request on this configuration.")
+            )
+    if per_replica > plan.max_num_seqs:
+        warnings.append(f"{per_replica} requests per replica exceed max_num_seqs {plan.max_num_seqs}: the rest wait in vLLM's queue.")
+    if per_replica > kv_capacity:
+        warnings.append(
+            f"{per_replica} typical requests ({typical} tokens each) need more KV cache than the {kv.kv_cache_tokens:,} tokens per GPU: "
+            "vLLM will preempt and recompute requests."
+        )
+    if kv.headroom_bytes < 0:
+        warnings.append(
+            f"gpu_memory_utilization {plan.gpu_memory_utilization} leaves {(kv.cuda_total_bytes - kv.requested_bytes) / GiB:.2f} GiB outside vLLM's budget, "
+            f"less than the CUDA context (~{CUDA_CONTEXT_GIB} GiB) and CUDA graphs (~{CUDA_GRAPH_GIB} GiB, not counted by vLLM 0.25): "
+            "start-up may run out of memory while capturing graphs. Lower it."
+        )
+
+    # --- The profile ---------------------------------------------------------------------------------
+    served, model_note = _served_model(model, plan.quantization)
+    engine = EngineArgs(
+        model=served,
+        served_model_name=req.served_model_name,
+        tensor_parallel_size=plan.tp,
+        max_model_len=plan.max_model_len,
+        max_num_seqs=plan.max_num_seqs,
+        max_num_batched_tokens=plan.max_num_batched_tokens,
+        gpu_memory_utilization=plan.gpu_memory_utilization,
+        kv_cache_dtype=plan.kv_cache_dtype,  # type: ignore[arg-type]
+        quantization="fp8" if plan.quantization == "fp8" and (model.quant is None) else None,
+    )
+    full_kv_per_token = kv_bytes_per_token(arch, plan.kv_cache_dtype, 1)
+    hourly = replicas * plan.tp * gpu.hourly_usd
+    prediction = Prediction(
+        weights_gib=round(kv.weights_gib, 3),
+        kv_cache_gib=round(kv.kv_cache_gib, 3),
+        kv_cache_tokens=kv.kv_cache_tokens,
+        kv_bytes_per_token=full_kv_per_token,
+        max_concurrency={
+            "at_max_model_len": round(kv.max_concurrency, 2),
+            "at_typical_request": round(kv.concurrency_for(typical), 2),
+        },
+        tpot_ms=round(lat.tpot_p50_ms, 2),
+        ttft_ms=round(lat.ttft_p95_ms, 1),
+        e2e_ms=round(lat.e2e_p95_ms, 1),
+        output_tokens_per_s=round(lat.output_tokens_per_s * replicas, 1),
+        replicas=replicas,
+        hourly_cost_usd=round(hourly, 2),
+        sla_met=sla_met,
+        sla_max_concurrency=sla_max,
+        details={
+            "per_gpu": {
+                "cuda_total_gib": round(kv.cuda_total_bytes / GiB, 3),
+                "requested_gib": round(kv.requested_bytes / GiB, 3),
+                "weights_gib": round(kv.weights_gib, 3),
+                "activation_peak_gib": round(kv.activation_gib, 3),
+                "non_torch_gib": round(kv.non_torch_gib, 3),
+                "available_kv_cache_gib": round(kv.available_gib, 3),
+                "kv_cache_gib": round(kv.kv_cache_gib, 3),
+                "kv_cache_tokens": kv.kv_cache_tokens,
+                "num_gpu_blocks": kv.num_blocks,
+                "kv_heads": kv.kv_heads_per_rank,
+                "kv_bytes_per_token": kv.kv_bytes_per_token,
+                "headroom_after_cuda_graphs_gib": round(kv.headroom_bytes / GiB, 2),
+            },
+            "weights_parts_gib": {k: round(v / GiB, 4) for k, v in kv.weights_parts.items()},
+            "activation_parts_gib": {k: round(v / GiB, 4) for k, v in kv.activation_parts.items()},
+            "latency_per_replica": lat.as_dict(),
+            "concurrency_per_replica": per_replica,
+            "kv_capacity_typical_requests": kv_capacity,
+            "peak_requests_per_s": round(peak_rps, 4) if peak_rps is not None else None,
+            "compile_cache": req.compile_cache,
+            "hourly_usd_per_gpu": gpu.hourly_usd,
+            "checkpoint_bytes": model.checkpoint_bytes,
+        },
+    )
+    assumptions.extend(_standard_assumptions(gpu, plan, req.compile_cache))
+    if model_note:
+        assumptions.append(model_note)
+    name = req.name or f"{arch.name}-{plan.quantization if plan.quantization != 'none' else 'bf16'}-{gpu.tier}" + (f"-x{plan.tp}" if plan.tp > 1 else "")
+    profile = DeploymentProfile(
+        name=name,
+        model=ModelInfo(
+            id=model.id,
+            architecture=arch.architecture,
+            num_hidden_layers=arch.num_hidden_layers,
+            hidden_size=arch.hidden_size,
+            intermediate_size=arch.intermediate_size,
+            num_attention_heads=arch.num_attention_heads,
+            num_key_value_heads=arch.num_key_value_heads,
+            head_dim=arch.head_dim,
+            vocab_size=arch.vocab_size,
+            max_position_embeddings=arch.max_position_embeddings,
+            num_parameters=model.num_parameters,
+            tokenizer=model.tokenizer,
+        ),
+        quantization=plan.quantization,  # type: ignore[arg-type]
+        gpu=GpuInfo(
+            tier=gpu.tier,
+            count=plan.tp,
+            name=gpu.name,
+            memory_gib=round(gpu.memory_gib, 2),
+            node_labels=list(gpu.product_labels),
+            hourly_usd=gpu.hourly_usd,
+        ),
+        engine_args=engine,
+        workload=Workload(
+            prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens,
+            concurrency=per_replica * replicas,
+            requests_per_day=req.requests_per_day,
+            peak_factor=req.peak_factor,
+            context_words=context_words if req.max_model_len is None else None,
+            tokens_per_word=round(tpw, 4) if tpw is not None else None,
+        ),
+        sla=sla,
+        prediction=prediction,
+        assumptions=assumptions,
+    )
+    return TuneResult(profile=profile, kv=kv, latency=lat, model=model, gpu=gpu, warnings=warnings)
+
+
+def _standard_assumptions(gpu: GpuSpec, plan: _Plan, compile_cache: str) -> list[str]:
+    out = [
+        "Memory follows vLLM 0.25.0's V1 accounting (model runner V2): requested = cudaMemGetInfo total x gpu_memory_utilization; "
+        "KV = requested - weights - profile-run activation peak - non-torch memory, in 16-token blocks; CUDA graphs are not subtracted.",
+        f"{gpu.tier}: CUDA-visible memory {gpu.cuda_total_gib:.2f} GiB ({gpu.cuda_total_source}); {gpu.bandwidth_gbs:g} GB/s; "
+        f"{gpu.bf16_tflops:g} dense bf16 TFLOP/s (datasheet).",
+        (
+            "Predicted for the first start (cold torch.compile cache), whose compilation holds ~0.4-1 GiB more activation memory than a "
+            "restart with ~/.cache/vllm kept: a warm restart gets a slightly larger KV cache."
+            if compile_cache == "cold"
+            else "Predicted for a restart with vLLM's torch.compile cache (~/.cache/vllm) warm; a first start gets a slightly smaller KV cache."
+        ),
+        "Latency: roofline per step (weights and KV bytes over bandwidth, prefill FLOPs over compute) with efficiencies calibrated on "
+        "vLLM 0.25.0 / H100 / Llama-3-8B (bf16 and AWQ); other GPUs assume the same efficiencies.",
+        "Load: closed-loop clients with the typical request sizes arriving in waves (as `vllm bench serve --max-concurrency` with fixed "
+        "lengths); TTFT and end-to-end are p95, TPOT the median. Spread-out traffic sees lower TTFT.",
+        f"Prices: {gpu.hourly_usd:.2f} USD per GPU-hour, typical on-demand list price seen 2025-06; check your provider.",
+    ]
+    if plan.tp > 1:
+        out.append(
+            f"Tensor parallelism {plan.tp}: per-GPU weights, KV heads and activations are split as vLLM splits them; the extra non-torch "
+            f"memory per GPU (NCCL buffers, assumed {NON_TORCH_TP_EXTRA_GIB} GiB) and all-reduce times are estimates not yet checked on "
+            "multi-GPU hardware."
+        )
+    if plan.kv_cache_dtype != "auto" and gpu.architecture == "ampere":
+        out.append("fp8 KV cache on Ampere: vLLM uses an attention backend that stores fp8 and dequantizes (FlashAttention 3's fp8 path is Hopper-only).")
+    return [a for a in out if a]
