@@ -75,3 +75,21 @@ def test_typer_exit_code_is_propagated(monkeypatch):
     with pytest.raises(SystemExit) as info:
         cli.main(["exit-three"])
     assert info.value.code == 3
+
+
+def test_error_message_keeps_square_brackets():
+    from trdeploy import cli
+
+    @cli.app.command("fail-brackets", hidden=True)
+    def _fail() -> None:
+        raise TrdeployError("torch is missing.", hint="Run pip install 'trdeploy[quantize]'.")
+
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer), pytest.raises(SystemExit) as info:
+        cli.main(["fail-brackets"])
+    assert info.value.code == 2
+    assert "pip install 'trdeploy[quantize]'" in buffer.getvalue()
+    assert "Traceback" not in buffer.getvalue()

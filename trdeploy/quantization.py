@@ -281,9 +281,9 @@ at most {cal['max_seq_len']} tokens each, {cal['tokens']} tokens in total.
 
 ## Size and cost
 
-Weights: {size['original'] / GIB:.2f} GiB -> {size['quantized'] / GIB:.2f} GiB.
+Weights: {human_bytes(size['original'])} -> {human_bytes(size['quantized'])}.
 Quantization took {report['time_s']['total']:.0f} s on {report['device']}; peak GPU memory
-{_fmt_bytes(report['peak_memory']['gpu_bytes'])}, peak process RSS {_fmt_bytes(report['peak_memory']['cpu_rss_bytes'])}.
+{human_bytes(report['peak_memory']['gpu_bytes'])}, peak process RSS {human_bytes(report['peak_memory']['cpu_rss_bytes'])}.
 All numbers: `{REPORT_NAME}`.
 """
 
@@ -296,8 +296,11 @@ def _fmt_pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.2f}%"
 
 
-def _fmt_bytes(value: int | None) -> str:
-    return "n/a" if value is None else f"{value / GIB:.2f} GiB"
+def human_bytes(value: int | None) -> str:
+    """GiB for model-sized numbers, MiB below one GiB."""
+    if value is None:
+        return "n/a"
+    return f"{value / GIB:.2f} GiB" if value >= GIB else f"{value / 1024**2:.1f} MiB"
 
 
 # --------------------------------------------------------------------------------------------

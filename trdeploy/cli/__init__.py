@@ -21,6 +21,8 @@ except ImportError:  # pragma: no cover - older typer on real click
 
 from trdeploy import __version__
 from trdeploy.errors import TrdeployError
+from rich.markup import escape
+
 from trdeploy.output import err_console
 
 app = typer.Typer(
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     except TrdeployError as exc:
         if _state["debug"]:
             traceback.print_exc()
-        err_console.print(f"[bold red]Error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]Error:[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -21,10 +21,10 @@ from trdeploy.quantization import (
     DEFAULT_MAX_PPL_INCREASE_PCT,
     DEFAULT_MAX_SEQ_LEN,
     DEFAULT_NUM_SAMPLES,
-    GIB,
     REPORT_NAME,
     QuantizeRequest,
     Reporter,
+    human_bytes,
 )
 
 
@@ -164,10 +164,10 @@ def _render(console: Console, report: dict[str, Any]) -> None:
         table.add_row(f"round-to-nearest W4A16 g{report['group_size']}", f"{ppl['rtn']:.3f}", f"{delta['rtn']:+.2f}%")
     console.print(table)
     cal, size, mem = report["calibration"], report["size_bytes"], report["peak_memory"]
-    gpu = f"{mem['gpu_bytes'] / GIB:.2f} GiB" if mem["gpu_bytes"] is not None else "n/a (CPU)"
+    gpu = human_bytes(mem["gpu_bytes"]) if mem["gpu_bytes"] is not None else "n/a (CPU)"
     console.print(
         f"Calibration: {cal['num_samples']} {cal['kind']} samples from {cal['source']}, {cal['tokens']} tokens (max {cal['max_seq_len']} each).\n"
-        f"Size: {size['original'] / GIB:.2f} GiB -> {size['quantized'] / GIB:.2f} GiB ({report['compression_ratio']}x).  "
+        f"Size: {human_bytes(size['original'])} -> {human_bytes(size['quantized'])} ({report['compression_ratio']}x).  "
         f"Time: {report['time_s']['total']:.0f} s on {report['device']}.  Peak GPU memory: {gpu}.\n"
         f"Wrote {report['output']} ({report['format']}; report: {Path(report['output']) / REPORT_NAME}).\n"
         f"Serve: [bold]{report['vllm']['serve']}[/]",
