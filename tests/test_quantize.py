@@ -626,3 +626,24 @@ def test_real_llama3_tokenizer_and_chat_template(tmp_path):
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")
     assert tok.apply_chat_template([{"role": "user", "content": "Merhaba"}], tokenize=False).startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nMerhaba<|eot_id|>")
+
+
+def test_offloaded_model_evaluates_quantized_weights(tmp_path, tokenizer_dir, monkeypatch):
+    """On a GPU, compressed-tensors onloads each offloaded tensor as a fresh copy; quantized
+    Linears must still run with their fake-quantized weights, so that perplexity after AWQ and
+    the probe logits describe the quantized model and the reloaded checkpoint reproduces them.
+
+    Emulated on the CPU: llm-compressor's sequential pipeline offloads every module
+    (`set_onload_device`); here each onload returns a copy, as `.to("cuda")` does.
+    """
+    from compressed_tensors.offload.cache.cpu import CPUCache
+    from compressed_tensors.offload.utils import send_tensors
+
+    monkeypatch.setattr(CPUCache, "onload", lambda self, t: send_tensors(t, device=self.onload_device, copy=True))
+    model = make_llama(tmp_path / "llama", tokenizer_dir, hidden=256, intermediate=512, layers=4)
+    out = tmp_path / "awq"
+    report = run_quantize(model=str(model), output=out, num_samples=8, max_seq_len=128, eval_tokens=1024)
+    assert report["verification"]["finite_logits"] and report["verification"]["logits_cosine"] > 0.99
+    # the quantized model was evaluated, not the 16-bit weights behind it
+    assert report["perplexity"]["awq"] != report["perplexity"]["original"]
+    assert (out / "config.json").is_file()

@@ -627,7 +627,8 @@ def perplexity(model: Any, windows: list[list[int]], *, device: Any, batch_size:
                 batch.append(windows[i + len(batch)])
             i += len(batch)
             ids = torch.tensor(batch, dtype=torch.long, device=device)
-            logits = model(input_ids=ids, use_cache=False).logits
+            with _onload_per_layer(model):
+                logits = model(input_ids=ids, use_cache=False).logits
             for row in range(ids.shape[0]):
                 lp = torch.log_softmax(logits[row, :-1].float(), dim=-1)
                 nll = -lp.gather(-1, ids[row, 1:].unsqueeze(-1)).squeeze(-1)
@@ -643,8 +644,53 @@ def perplexity(model: Any, windows: list[list[int]], *, device: Any, batch_size:
 def probe_logits(model: Any, ids: list[int], *, device: Any) -> Any:
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad(), _onload_per_layer(model):
         return model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0].float().cpu()
+
+
+@contextlib.contextmanager
+def _onload_per_layer(model: Any) -> Iterator[None]:
+    """Keep each decoder layer's tensors onloaded while that layer runs (offloaded models).
+
+    A quantized Linear's forward (compressed-tensors `set_forward_quantized`) onloads its weight
+    once, swaps in the fake-quantized values, then runs `nn.Linear.forward`, which reads
+    `self.weight` again. On a model offloaded by compressed-tensors (`set_onload_device`, which
+    llm-compressor's sequential pipeline applies to every model it calibrates) each read of an
+    offloaded tensor onto an accelerator is a fresh copy, so the swap is lost and the layer runs
+    with its 16-bit weights: perplexity "after AWQ" and the probe logits would come from the
+    unquantized model, and the reloaded checkpoint would not match them. Within
+    `disable_offloading` a tensor is onloaded once and the same copy is returned until the
+    context exits, which is how the sequential pipeline runs each subgraph. Doing it per decoder
+    layer keeps GPU memory at one layer (plus embedding and head), as during calibration.
+    """
+    from compressed_tensors.offload import disable_offloading
+
+    layers = _decoder_layers(model, getattr(getattr(model, "config", None), "num_hidden_layers", 0))
+    if not layers:
+        with disable_offloading():
+            yield
+        return
+    open_contexts: dict[int, Any] = {}
+
+    def enter(module: Any, _args: Any) -> None:
+        context = disable_offloading()
+        context.__enter__()
+        open_contexts[id(module)] = context
+
+    def leave(module: Any, _args: Any, _output: Any) -> None:
+        context = open_contexts.pop(id(module), None)
+        if context is not None:
+            context.__exit__(None, None, None)
+
+    hooks = [h for layer in layers for h in (layer.register_forward_pre_hook(enter), layer.register_forward_hook(leave))]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for context in reversed(list(open_contexts.values())):
+            context.__exit__(None, None, None)
+        open_contexts.clear()
 
 
 def run_oneshot(model: Any, tokenizer: Any, recipe: list[Any], calibration: CalibrationSet | None, *, max_seq_len: int, reporter: Reporter | None = None) -> None:
