@@ -203,6 +203,20 @@ class _Batcher:
         self.turkish, self.english, self.chars, self.progress = [], [], 0, 0.0
         return batch
 
+    def add_row(self, text: str | None, corpus: Corpus) -> bool:
+        """One row of a table (Parquet, hub dataset): add its text or count it blank; True when full."""
+        if text and text.strip():
+            self.add(text)
+        else:
+            corpus.skipped_blank += 1
+        self.progress += 1
+        return self.full()
+
+    def rest(self) -> Iterator[DocumentBatch]:
+        """The last, partly filled batch, if anything is left."""
+        if self.turkish or self.progress:
+            yield self.take()
+
 
 def _mb(nbytes: int) -> float:
     return nbytes / 1_000_000
@@ -298,8 +312,7 @@ def _read_jsonl(corpus: Corpus) -> Iterator[DocumentBatch]:
                 yield batcher.take()
         else:
             corpus.skipped_blank += 1
-    if batcher.turkish or batcher.progress:
-        yield batcher.take()
+    yield from batcher.rest()
 
 
 class _CountingReader(io.RawIOBase):
@@ -354,8 +367,7 @@ def _read_csv(corpus: Corpus) -> Iterator[DocumentBatch]:
         except csv.Error as exc:
             raise TrdeployError(f"{path} line {reader.line_num} is not valid CSV: {exc}.", hint="Check the quoting of that row.") from None
     batcher.progress = _mb(counter.count - seen)
-    if batcher.turkish or batcher.progress:
-        yield batcher.take()
+    yield from batcher.rest()
 
 
 def _need(module: str, extra: str = "data"):
@@ -385,15 +397,9 @@ def _read_parquet(corpus: Corpus) -> Iterator[DocumentBatch]:
                 value = _message_text(value, f"{path} row {row_no}")
             elif value is not None and not isinstance(value, str):
                 raise TrdeployError(f"{path}: column '{fld}' holds {type(value).__name__}, not text.", hint="Pass --field with a text column.")
-            if value and value.strip():
-                batcher.add(value)
-            else:
-                corpus.skipped_blank += 1
-            batcher.progress += 1
-            if batcher.full():
+            if batcher.add_row(value, corpus):
                 yield batcher.take()
-    if batcher.turkish or batcher.progress:
-        yield batcher.take()
+    yield from batcher.rest()
 
 
 def _load_hub_dataset(repo_id: str, subset: str | None, split: str):
@@ -456,15 +462,9 @@ def _read_hub_dataset(corpus: Corpus, subset: str | None, split: str) -> Iterato
         if fld is None:
             fld = corpus.field = _choose_field(None, row.keys(), where)
         text = _row_text(row, fld, where, lambda: ", ".join(row))
-        if text and text.strip():
-            batcher.add(text)
-        else:
-            corpus.skipped_blank += 1
-        batcher.progress += 1
-        if batcher.full():
+        if batcher.add_row(text, corpus):
             yield batcher.take()
-    if batcher.turkish or batcher.progress:
-        yield batcher.take()
+    yield from batcher.rest()
 
 
 def _read_parallel(corpus: Corpus, tr_path: Path, en_path: Path) -> Iterator[DocumentBatch]:
@@ -498,8 +498,7 @@ def _read_parallel(corpus: Corpus, tr_path: Path, en_path: Path) -> Iterator[Doc
             yield batcher.take()
     if one_sided:
         corpus.warnings.append(f"{one_sided} pairs have one blank side (kept; check the alignment).")
-    if batcher.turkish or batcher.progress:
-        yield batcher.take()
+    yield from batcher.rest()
 
 
 def _tsv_columns(path: Path, first: list[str], line_no: int, tr_column: int | None, en_column: int | None):
@@ -553,8 +552,7 @@ def _read_parallel_tsv(corpus: Corpus, tr_column: int | None, en_column: int | N
         batcher.add(tr_text, en_text)
         if batcher.full():
             yield batcher.take()
-    if batcher.turkish or batcher.progress:
-        yield batcher.take()
+    yield from batcher.rest()
 
 
 def _read_embedded(corpus: Corpus) -> Iterator[DocumentBatch]:

@@ -22,6 +22,7 @@ are needed (no aiohttp, no tokenizer).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -98,12 +99,12 @@ class LoadSpec:
         return math.isinf(self.request_rate)
 
 
-class PromptSource:
+class PromptSource(abc.ABC):
     """Gives request i its prompt fields: {"messages": [...]} for chat, {"prompt": str | list[int]}
     for completions, with the prompt length in tokens when it is known without a tokenizer."""
 
-    def body(self, index: int) -> tuple[dict[str, Any], int]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def body(self, index: int) -> tuple[dict[str, Any], int]: ...
 
 
 def build_body(endpoint: Endpoint, sampling: Sampling, prompt_fields: dict[str, Any]) -> dict[str, Any]:
