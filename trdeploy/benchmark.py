@@ -184,15 +184,9 @@ _DATASET_FIELDS = ("messages", "conversations", "conversation", "prompt", "text"
 
 def dataset_prompts(dataset: str, split: str, field_name: str | None, api: Api, *, seed: int, limit: int) -> ListPrompts:
     """Prompts from a Hugging Face dataset (a hub id, or a local folder of data files)."""
-    try:
-        import datasets  # noqa: PLC0415 - optional, heavy
-    except ImportError as exc:
-        raise TrdeployError("Reading a dataset needs the `datasets` package.", hint="pip install 'trdeploy[data]'.") from exc
-    try:
-        ds = datasets.load_dataset(dataset, split=split)
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types for a bad id/split/offline
-        raise TrdeployError(f"Could not load dataset {dataset!r} split {split!r}: {str(exc).splitlines()[0][:200]}",
-                            hint="Check the id and --dataset-split; offline, the dataset must be in the HF cache.") from exc  # fmt: skip
+    from trdeploy.corpora import load_hub_dataset  # noqa: PLC0415 - `datasets` is optional and heavy
+
+    ds = load_hub_dataset(dataset, None, split, streaming=False)
     columns = list(ds.column_names)
     name = field_name or next((c for c in _DATASET_FIELDS if c in columns), None)
     if name is None or name not in columns:

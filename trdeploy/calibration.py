@@ -179,19 +179,9 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_hub(name: str, *, split: str, config_name: str | None) -> list[dict[str, Any]]:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise TrdeployError("Hub datasets need the `datasets` package.", hint="pip install 'trdeploy[data]'") from exc
-    try:
-        ds = datasets.load_dataset(name, config_name, split=split)
-    except Exception as exc:  # datasets raises many types: not found, offline, bad split, bad config
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        raise TrdeployError(
-            f"Cannot load hub dataset {name!r} (split {split!r}): {first}",
-            hint="Check the id, --dataset-split and --dataset-config, your network or HF_HUB_OFFLINE cache; or pass a local .jsonl/.parquet file.",
-        ) from exc
-    return [dict(r) for r in ds]
+    from trdeploy.corpora import load_hub_dataset
+
+    return [dict(r) for r in load_hub_dataset(name, config_name, split, streaming=False)]
 
 
 def records_from_table(table: list[dict[str, Any]], *, source: str, text_column: str | None = None) -> CalibrationRecords:

@@ -374,7 +374,7 @@ def _need(module: str, extra: str = "data"):
     try:
         return __import__(module)
     except ImportError as exc:
-        raise TrdeployError(f"Reading this corpus needs the '{module}' package.", hint=f"pip install 'trdeploy[{extra}]'") from exc
+        raise TrdeployError(f"Reading this data needs the '{module}' package.", hint=f"pip install 'trdeploy[{extra}]'") from exc
 
 
 def _read_parquet(corpus: Corpus) -> Iterator[DocumentBatch]:
@@ -402,13 +402,15 @@ def _read_parquet(corpus: Corpus) -> Iterator[DocumentBatch]:
     yield from batcher.rest()
 
 
-def _load_hub_dataset(repo_id: str, subset: str | None, split: str):
+def load_hub_dataset(repo_id: str, subset: str | None = None, split: str = "train", *, streaming: bool = True):
+    """A hub dataset (or a local dataset folder) through `datasets`, honouring HF_HUB_OFFLINE and the
+    huggingface_hub cache. Shared by `profile --corpus`, `quantize --dataset` and `bench --dataset`."""
     _need("datasets")
     import datasets
     from huggingface_hub import snapshot_download
 
     try:
-        return datasets.load_dataset(repo_id, name=subset, split=split, streaming=True)
+        return datasets.load_dataset(repo_id, name=subset, split=split, streaming=streaming)
     except (ConnectionError, OSError) as online_error:
         # Offline (HF_HUB_OFFLINE) or no network: datasets only looks in its own cache, so read the
         # dataset repository from the huggingface_hub cache, where `hf download` puts it.
@@ -417,7 +419,7 @@ def _load_hub_dataset(repo_id: str, subset: str | None, split: str):
         except Exception:
             raise _dataset_error(repo_id, online_error) from None
         try:
-            return datasets.load_dataset(folder, name=subset, split=split, streaming=True)
+            return datasets.load_dataset(folder, name=subset, split=split, streaming=streaming)
         except Exception as exc:
             raise _dataset_error(repo_id, exc) from None
     except Exception as exc:
@@ -429,7 +431,7 @@ def _dataset_error(repo_id: str, exc: Exception) -> TrdeployError:
     name = type(exc).__name__
     if name in ("DatasetNotFoundError", "RepositoryNotFoundError", "FileNotFoundError", "DataFilesNotFoundError"):
         return TrdeployError(
-            f"No corpus file or hub dataset named {repo_id} ({first}).",
+            f"No local file or hub dataset named {repo_id} ({first}).",
             hint="Check the path or the dataset id; for a gated or private dataset set HF_TOKEN.",
         )
     if name in ("ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError"):
@@ -438,12 +440,12 @@ def _dataset_error(repo_id: str, exc: Exception) -> TrdeployError:
             hint="Download it once online (unset HF_HUB_OFFLINE), or pass a local file.",
         )
     if isinstance(exc, ValueError):  # datasets: bad split or config name
-        return TrdeployError(f"The hub dataset {repo_id}: {first}", hint="Pass --split / --subset with one of the names it lists.")
-    return TrdeployError(f"Could not read the hub dataset {repo_id}: {name}: {first}", hint="Check the dataset id, --split and --subset.")
+        return TrdeployError(f"The hub dataset {repo_id}: {first}", hint="Pass a split and a subset (configuration) from the names it lists.")
+    return TrdeployError(f"Could not read the hub dataset {repo_id}: {name}: {first}", hint="Check the dataset id, its split and its subset (configuration).")
 
 
 def _read_hub_dataset(corpus: Corpus, subset: str | None, split: str) -> Iterator[DocumentBatch]:
-    dataset = _load_hub_dataset(corpus.source, subset, split)
+    dataset = load_hub_dataset(corpus.source, subset, split)
     batcher = _Batcher(parallel=False)
     fld = corpus.field
     iterator = iter(dataset)
