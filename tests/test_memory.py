@@ -143,8 +143,8 @@ def test_fits_means_one_max_model_len_request_fits():
 def test_activation_grows_with_the_batch_limits():
     small = activation_breakdown(L8, tp=1, max_num_batched_tokens=2048, max_num_seqs=128, compile_cache="warm")
     big = activation_breakdown(L8, tp=1, max_num_batched_tokens=16384, max_num_seqs=128, compile_cache="warm")
-    # The MLP's gate_up + activation: 3 x 14336 x 2 bytes per token.
-    assert big["forward"] - small["forward"] == (16384 - 2048) * 3 * 14336 * 2
+    # The MLP's gate_up + activation (3 x 14336 x 2 bytes per token) and three hidden-size rows (3 x 4096 x 2).
+    assert big["forward"] - small["forward"] == (16384 - 2048) * (3 * 14336 + 3 * 4096) * 2
     many = activation_breakdown(L8, tp=1, max_num_batched_tokens=2048, max_num_seqs=2048, compile_cache="warm")
     assert many["sampler"] - small["sampler"] == (2048 - 128) * 128256 * 4  # float32 logits
     cold = activation_breakdown(L8, tp=1, max_num_batched_tokens=2048, max_num_seqs=128, compile_cache="cold")

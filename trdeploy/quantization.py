@@ -7,11 +7,12 @@ One call, `quantize(QuantizeRequest(...))`, does the whole job:
    already quantized, and the machine has the memory (estimated before anything heavy loads);
 2. render the calibration set (Turkish chats through the chat template by default) and the
    held-out evaluation windows (Turkish side of the parallel corpus);
-3. perplexity of the original, then llm-compressor's `oneshot` with the recipe below, then
-   perplexity of the quantized model (and of plain round-to-nearest with `compare_rtn`);
+3. perplexity of the original, then llm-compressor's `oneshot` with the recipe below;
 4. save a compressed-tensors checkpoint (what vLLM detects by itself) into a temporary folder,
-   reload it with transformers, check finite logits that match the in-memory model, write
-   `quantization_report.json` and a model card, and only then move the folder into place.
+   reload it, check every tensor against the quantized model in memory (int4 weights as they
+   decompress, norms, embeddings), take the perplexity of the reloaded checkpoint (and of plain
+   round-to-nearest with `compare_rtn`), write `quantization_report.json` and a model card, and
+   only then move the folder into place.
 
 The recipe is data (llm-compressor's way): `AWQModifier` picks per-channel scales from the
 calibration activations, then `QuantizationModifier` applies W4A16_ASYM (int4 weights, group
@@ -63,9 +64,11 @@ DEFAULT_MAX_SEQ_LEN = 512
 DEFAULT_EVAL_TOKENS = 16384
 DEFAULT_EVAL_SEQ_LEN = 512
 DEFAULT_MAX_PPL_INCREASE_PCT = 10.0
-# The reloaded checkpoint must reproduce the in-memory quantized model's logits this closely.
-MIN_RELOAD_COSINE = 0.99
-PROBE_TOKENS = 64
+# Every tensor of the reloaded checkpoint must match the in-memory quantized model this closely
+# (relative error of a fixed random projection of the tensor). Writing the same integers gives
+# ~0 (bf16) or ~5e-4 (--format awq stores float16); int4 rounding itself is ~10%, so a tensor that
+# was written unquantized, with other scales or without AWQ's smoothing is far above it.
+MAX_TENSOR_REL_ERROR = 0.005
 # Evaluation windows per forward pass on a GPU: each pass onloads every layer once, so fewer
 # passes are faster; 8 x 512 tokens of 128k-vocabulary logits is about 1 GiB in bf16.
 EVAL_BATCH_GPU = 8
@@ -641,27 +644,15 @@ def perplexity(model: Any, windows: list[list[int]], *, device: Any, batch_size:
     return math.exp(total_nll / total_tokens) if total_tokens else float("nan")
 
 
-def probe_logits(model: Any, ids: list[int], *, device: Any) -> Any:
-    import torch
-
-    with torch.no_grad(), _onload_per_layer(model):
-        return model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0].float().cpu()
-
-
 @contextlib.contextmanager
 def _onload_per_layer(model: Any) -> Iterator[None]:
     """Keep each decoder layer's tensors onloaded while that layer runs (offloaded models).
 
-    A quantized Linear's forward (compressed-tensors `set_forward_quantized`) onloads its weight
-    once, swaps in the fake-quantized values, then runs `nn.Linear.forward`, which reads
-    `self.weight` again. On a model offloaded by compressed-tensors (`set_onload_device`, which
-    llm-compressor's sequential pipeline applies to every model it calibrates) each read of an
-    offloaded tensor onto an accelerator is a fresh copy, so the swap is lost and the layer runs
-    with its 16-bit weights: perplexity "after AWQ" and the probe logits would come from the
-    unquantized model, and the reloaded checkpoint would not match them. Within
-    `disable_offloading` a tensor is onloaded once and the same copy is returned until the
-    context exits, which is how the sequential pipeline runs each subgraph. Doing it per decoder
-    layer keeps GPU memory at one layer (plus embedding and head), as during calibration.
+    On a model offloaded by compressed-tensors (`set_onload_device`), every read of an offloaded
+    tensor onto an accelerator is a fresh copy. Within `disable_offloading` a tensor is onloaded
+    once and the same copy is returned until the context exits, which is how llm-compressor's
+    sequential pipeline runs each subgraph. Doing it per decoder layer keeps GPU memory at one
+    layer (plus embedding and head) and onloads each weight once per pass.
     """
     from compressed_tensors.offload import disable_offloading
 
@@ -742,14 +733,85 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
-def verify_checkpoint(folder: Path, config_file: Path, probe_ids: list[int], expected: Any, *, output_format: Format = "compressed-tensors") -> dict[str, Any]:
-    """Reload the written checkpoint on the CPU and compare its logits with the in-memory model's.
+def _quantized_linear(module: Any) -> bool:
+    import torch
 
-    compressed-tensors: transformers' own loader (it decompresses the int4 weights). awq:
+    scheme = getattr(module, "quantization_scheme", None)
+    return isinstance(module, torch.nn.Linear) and scheme is not None and getattr(scheme, "weights", None) is not None
+
+
+def _projection(value: Any, cache: dict[Any, Any]) -> Any:
+    """A fingerprint of a tensor: 1-D tensors whole, matrices times a fixed random vector (float32, CPU)."""
+    import torch
+
+    value = value.detach()
+    if value.dim() < 2:
+        return value.float().cpu()
+    cols = value.shape[-1]
+    key = (cols, str(value.device))
+    if key not in cache:
+        cache[key] = torch.randn(cols, generator=torch.Generator().manual_seed(cols), dtype=torch.float32).to(value.device)
+    return (value.reshape(-1, cols).float() @ cache[key]).cpu()
+
+
+def _weight_fingerprints(model: Any) -> dict[str, Any]:
+    """Fingerprints of every parameter as the model computes with it.
+
+    A Linear that llm-compressor quantized (status frozen) contributes its fake-quantized weight,
+    quantize-dequantize with its own scales and zero points, which is exactly what the
+    checkpoint's int4 values decompress to; its scales and zero points themselves are skipped.
+    A reloaded checkpoint (decompressed) contributes its weights as they are. Works on offloaded
+    models: each module's tensors are onloaded once.
+    """
+    import torch
+    from compressed_tensors.offload import disable_offloading
+    from compressed_tensors.quantization import QuantizationStatus
+    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+
+    out: dict[str, Any] = {}
+    cache: dict[Any, Any] = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            quantized = _quantized_linear(module)
+            fake_quantize = quantized and getattr(module, "quantization_status", None) not in (QuantizationStatus.COMPRESSED, QuantizationStatus.DECOMPRESSED)
+            with disable_offloading():
+                for pname, param in module.named_parameters(recurse=False):
+                    if param is None or (quantized and pname not in ("weight", "bias")):
+                        continue
+                    value = param.data
+                    if fake_quantize and pname == "weight":
+                        value = forward_quantize(module, value, "weight", module.quantization_scheme.weights)
+                    out[f"{name}.{pname}" if name else pname] = _projection(value, cache)
+    return out
+
+
+def compare_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
+    """Relative error of each tensor's fingerprint; missing tensors and shape changes count as inf."""
+    errors: dict[str, float] = {}
+    for key, want in expected.items():
+        got = actual.get(key)
+        if got is None or got.shape != want.shape:
+            errors[key] = math.inf
+            continue
+        norm = float(want.double().norm())
+        diff = float((got.double() - want.double()).norm())
+        errors[key] = diff / norm if norm > 0 else (0.0 if diff == 0 else math.inf)
+    worst = sorted(errors, key=lambda k: errors[k], reverse=True)[:3]
+    return {
+        "tensors_checked": len(errors),
+        "max_rel_error": max(errors.values()) if errors else 0.0,
+        "worst": [[k, errors[k]] for k in worst],
+        "failed": sorted(k for k, e in errors.items() if not e <= MAX_TENSOR_REL_ERROR),
+    }
+
+
+def reload_checkpoint(folder: Path, config_file: Path, *, output_format: Format = "compressed-tensors") -> Any:
+    """The written checkpoint, reloaded on the CPU as a dense model (int4 weights dequantized).
+
+    compressed-tensors: transformers' own loader, then compressed-tensors' decompression. awq:
     transformers needs gptqmodel for AWQ, so the folder is rebuilt with auto-round's reference
     AutoAWQ unpacking instead.
     """
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -757,16 +819,33 @@ def verify_checkpoint(folder: Path, config_file: Path, probe_ids: list[int], exp
             model = load_awq_gemm_reference(folder, config_file)
         else:
             model = AutoModelForCausalLM.from_pretrained(folder, config=AutoConfig.from_pretrained(config_file))
+            compressor = getattr(getattr(model, "hf_quantizer", None), "compressor", None)
+            if compressor is not None:
+                compressor.decompress_model(model)
     except Exception as exc:  # any failure here means the output is unusable
         raise RuntimeError(f"the written checkpoint does not reload: {exc}") from exc
-    model.eval()
-    logits = probe_logits(model, probe_ids, device=torch.device("cpu"))
-    finite = bool(torch.isfinite(logits).all())
-    cosine = float(torch.nn.functional.cosine_similarity(logits.flatten().double(), expected.flatten().double(), dim=0))
-    del model
-    gc.collect()
-    loader = "auto-round dequantize_gemm (AutoAWQ reference)" if output_format == "awq" else "transformers AutoModelForCausalLM"
-    return {"reloaded": True, "loader": loader, "finite_logits": finite, "logits_cosine": round(cosine, 6), "probe_tokens": len(probe_ids)}
+    return model.eval()
+
+
+def materialize_quantized_weights(model: Any) -> None:
+    """Write each quantized Linear's fake-quantized weight into the model and switch its
+    quantize-on-the-fly forward off: a plain forward then computes with the int4 values.
+
+    Used for the round-to-nearest comparison, which is evaluated in memory: a plain forward reads
+    the weight once, so the result does not depend on how an offloaded model onloads tensors.
+    """
+    import torch
+    from compressed_tensors.offload import disable_offloading, update_offload_parameter
+    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+
+    with torch.no_grad():
+        for module in model.modules():
+            if not _quantized_linear(module):
+                continue
+            with disable_offloading():
+                weight = module.weight.data
+                update_offload_parameter(module, "weight", forward_quantize(module, weight, "weight", module.quantization_scheme.weights).to(weight.dtype))
+            module.quantization_enabled = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -1004,7 +1083,6 @@ def _quantize_into(
 ) -> dict[str, Any]:
     batch = EVAL_BATCH_GPU if device.type == "cuda" else 1
     n_windows = len(evaluation.windows)
-    probe = evaluation.windows[0][:PROBE_TOKENS]
 
     t = time.perf_counter()
     reporter.stage(f"Loading {facts.architecture} ({facts.num_parameters / 1e9:.2f}B parameters)")
@@ -1022,13 +1100,9 @@ def _quantize_into(
     _timed(times, "awq", t)
 
     t = time.perf_counter()
-    reporter.stage("Perplexity after AWQ", n_windows)
-    ppl_awq = perplexity(model, evaluation.windows, device=device, batch_size=batch, reporter=reporter)
-    expected = probe_logits(model, probe, device=device)
-    _timed(times, "evaluate", t)
-
-    t = time.perf_counter()
     reporter.stage(f"Writing the {request.output_format} checkpoint")
+    # What the checkpoint must hold: every tensor as the quantized model computes with it.
+    expected = _weight_fingerprints(model)
     tokenizer.save_pretrained(tmp)
     if request.output_format == "awq":
         save_awq_gemm(model, tmp)
@@ -1041,18 +1115,46 @@ def _quantize_into(
     del model
     _release()
 
+    # The checkpoint itself is checked and evaluated, not the model in memory: what is reported is
+    # what a server will load.
     t = time.perf_counter()
-    reporter.stage("Reloading the output with transformers")
+    reporter.stage("Reloading the output and checking every tensor")
     try:
-        verification = verify_checkpoint(tmp, tmp / _PENDING_CONFIG, probe, expected, output_format=request.output_format)
+        reloaded = reload_checkpoint(tmp, tmp / _PENDING_CONFIG, output_format=request.output_format)
     except RuntimeError as exc:
         raise TrdeployError(f"The quantized checkpoint failed verification: {str(exc).splitlines()[0][:200]}", hint="Nothing was written. Rerun with --verbose and report the problem.") from exc
-    if not verification["finite_logits"] or verification["logits_cosine"] < MIN_RELOAD_COSINE:
+    check = compare_fingerprints(expected, _weight_fingerprints(reloaded))
+    del expected
+    if check["failed"]:
+        worst = ", ".join(f"{k} ({e:.3g})" for k, e in check["worst"])
         raise TrdeployError(
-            f"The reloaded checkpoint does not reproduce the quantized model (finite logits: {verification['finite_logits']}, cosine {verification['logits_cosine']:.4f}).",
+            f"The written checkpoint does not hold the quantized weights: {len(check['failed'])} of {check['tensors_checked']} tensors differ (relative error; worst: {worst}).",
             hint="Nothing was written. Rerun with --verbose and report the problem.",
         )
     _timed(times, "verify", t)
+
+    t = time.perf_counter()
+    reporter.stage("Perplexity of the written checkpoint", n_windows)
+    if device.type != "cpu":
+        from compressed_tensors.offload import set_onload_device
+
+        set_onload_device(reloaded, device)
+    ppl_awq = perplexity(reloaded, evaluation.windows, device=device, batch_size=batch, reporter=reporter)
+    del reloaded
+    _release()
+    _timed(times, "evaluate", t)
+    if not math.isfinite(ppl_awq):
+        raise TrdeployError(f"The written checkpoint gives a non-finite perplexity ({ppl_awq}).", hint="Nothing was written. Rerun with --verbose and report the problem.")
+    loader = "auto-round dequantize_gemm (AutoAWQ reference)" if request.output_format == "awq" else "transformers AutoModelForCausalLM"
+    verification = {
+        "reloaded": True,
+        "loader": loader,
+        "tensors_checked": check["tensors_checked"],
+        "max_tensor_rel_error": round(check["max_rel_error"], 8),
+        "worst_tensor": check["worst"][0][0] if check["worst"] else None,
+        "threshold": MAX_TENSOR_REL_ERROR,
+        "perplexity_from": "the reloaded checkpoint",
+    }
 
     ppl_rtn = None
     if request.compare_rtn:
@@ -1060,6 +1162,7 @@ def _quantize_into(
         reporter.stage("Round-to-nearest for comparison")
         rtn_model = load_model(model_path, device=device)
         run_oneshot(rtn_model, tokenizer, rtn_recipe(), None, max_seq_len=request.max_seq_len)
+        materialize_quantized_weights(rtn_model)
         reporter.stage("Perplexity after round-to-nearest", n_windows)
         ppl_rtn = perplexity(rtn_model, evaluation.windows, device=device, batch_size=batch, reporter=reporter)
         del rtn_model

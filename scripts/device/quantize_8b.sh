@@ -39,7 +39,8 @@ copy_back() { [ -n "${OUT:-}" ] && [ "$OUT" != "$OUTDIR" ] && mkdir -p "$OUT" &&
 case "${1:-run}" in
   start)
     rm -f "$OUTDIR/done"
-    OUT= nohup bash "$0" run > "$OUTDIR/quantize_8b.txt" 2>&1 &
+    # setsid: the device tool ends a call's processes when the call returns, except a new session's
+    OUT= setsid nohup bash "$0" run > "$OUTDIR/quantize_8b.txt" 2>&1 < /dev/null &
     echo "started (pid $!); logs in $OUTDIR/quantize_8b.txt; next: bash $0 wait"
     exit 0 ;;
   wait)
@@ -166,4 +167,5 @@ PY
 ls -la "$Q"
 "$PY" -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))['quantization_config'])[:400])" "$Q/config.json"
 cp "$Q/quantization_report.json" "$Q/README.md" "$OUTDIR/" 2>/dev/null
+cp "$Q/config.json" "$OUTDIR/awq_config.json" 2>/dev/null
 echo "done: serve with MODEL=$Q bash .device-vllm/device.sh serve awq --max-model-len 8192"

@@ -94,8 +94,8 @@ def quantize(
 
     Writes a compressed-tensors checkpoint that vLLM loads without flags, with the tokenizer and
     chat template, quantization_report.json (perplexity before/after on held-out Turkish text,
-    time, peak memory, sizes) and a model card. The output appears only after it reloads with
-    transformers and gives finite logits matching the quantized model.
+    time, peak memory, sizes) and a model card. The output appears only after it reloads and
+    every tensor matches the quantized model; perplexity after AWQ is that of the reloaded output.
 
     Runs on a GPU for real models (layer-by-layer, an 8B fits a 24 GiB card) and on the CPU for
     small ones. Needs: pip install 'trdeploy\\[quantize]'.
