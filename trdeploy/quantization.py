@@ -73,6 +73,9 @@ MAX_TENSOR_REL_ERROR = 0.005
 # passes are faster; 8 x 512 tokens of 128k-vocabulary logits is about 1 GiB in bf16.
 EVAL_BATCH_GPU = 8
 GIB = 1024**3
+# Memory estimate factors (see estimate_memory), fitted to the measured 8B run.
+CPU_WEIGHT_COPIES = 2.5
+GPU_HIDDEN_COPIES = 10
 
 INSTALL_HINT = "Install the quantization extra: pip install 'trdeploy[quantize]' (install the torch build for your machine first)."
 
@@ -175,21 +178,24 @@ class MemoryEstimate:
 def estimate_memory(facts: ModelFacts, *, num_samples: int, max_seq_len: int, eval_seq_len: int, cuda: bool) -> MemoryEstimate:
     """Peak memory of a quantize run, before anything is loaded.
 
-    CPU: the whole 16-bit model is loaded on the CPU (the sequential pipeline onloads one decoder
-    layer at a time to the GPU), plus the cached hidden states of every calibration sample
-    (inputs and outputs of the current layer), plus ~2 GiB for torch and the libraries.
-    GPU: two decoder layers, the embedding, AWQ's cached layer inputs for the grid search
-    (about three hidden-state copies of the calibration set), and the float32 logits of one
-    evaluation batch (EVAL_BATCH_GPU windows); ~1 GiB of CUDA context on top.
+    Calibrated on one measured run: a random-weight Llama-3-8B-shaped model (bf16, 15 GiB of
+    weights), 128 x 512 calibration tokens, on an H100 (2026-11-25): peak RSS 39.0 GiB, nvidia-smi
+    peak 9,657 MiB. CPU: the whole 16-bit model is loaded on the CPU (the sequential pipeline
+    onloads one decoder layer at a time to the GPU); saving and reloading the checkpoint on the
+    CPU bring the peak to about 2.5x the 16-bit weights; plus the cached hidden states of every
+    calibration sample and ~2 GiB for torch and the libraries. GPU: two decoder layers, the
+    embedding, AWQ's cached activations for the grid search (about ten hidden-state copies of the
+    calibration set at the measured peak), the logits of one evaluation batch, ~1 GiB of CUDA
+    context.
     """
     hidden_cache = num_samples * max_seq_len * facts.hidden_size * facts.dtype_bytes
-    cpu = int(facts.parameter_bytes * 1.1 + 2 * hidden_cache + 2 * GIB)
+    cpu = int(facts.parameter_bytes * CPU_WEIGHT_COPIES + 2 * hidden_cache + 2 * GIB)
     if not cuda:
         # On the CPU, AWQ's own caches live in RAM too.
-        cpu += 3 * hidden_cache
+        cpu += GPU_HIDDEN_COPIES * hidden_cache
         return MemoryEstimate(cpu_bytes=cpu, gpu_bytes=None)
     eval_logits = EVAL_BATCH_GPU * eval_seq_len * facts.vocab_size * facts.dtype_bytes + 2 * eval_seq_len * facts.vocab_size * 4
-    gpu = int(2 * facts.layer_bytes + facts.embedding_bytes + 3 * hidden_cache + eval_logits + GIB)
+    gpu = int(2 * facts.layer_bytes + facts.embedding_bytes + GPU_HIDDEN_COPIES * hidden_cache + eval_logits + GIB)
     return MemoryEstimate(cpu_bytes=cpu, gpu_bytes=gpu)
 
 
