@@ -645,6 +645,7 @@ def test_offloaded_model_evaluates_quantized_weights(tmp_path, tokenizer_dir, mo
     out = tmp_path / "awq"
     report = run_quantize(model=str(model), output=out, num_samples=8, max_seq_len=128, eval_tokens=1024, compare_rtn=True)
     assert report["verification"]["max_tensor_rel_error"] <= 1e-3 and report["verification"]["tensors_checked"] > 0
+    assert report["verification"]["in_memory_logits_cosine"] > 0.999
     # the quantized weights were evaluated, not the 16-bit weights behind them
     ppl = report["perplexity"]
     assert ppl["awq"] != ppl["original"] and ppl["rtn"] != ppl["original"] and ppl["rtn"] != ppl["awq"], ppl

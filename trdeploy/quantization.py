@@ -69,6 +69,9 @@ DEFAULT_MAX_PPL_INCREASE_PCT = 10.0
 # ~0 (bf16) or ~5e-4 (--format awq stores float16); int4 rounding itself is ~10%, so a tensor that
 # was written unquantized, with other scales or without AWQ's smoothing is far above it.
 MAX_TENSOR_REL_ERROR = 0.005
+# Tokens of the diagnostic probe: logits of the quantized model in memory (compressed-tensors'
+# quantize-on-the-fly forward) against the reloaded checkpoint's, reported, not a pass criterion.
+PROBE_TOKENS = 64
 # Evaluation windows per forward pass on a GPU: each pass onloads every layer once, so fewer
 # passes are faster; 8 x 512 tokens of 128k-vocabulary logits is about 1 GiB in bf16.
 EVAL_BATCH_GPU = 8
@@ -650,6 +653,19 @@ def perplexity(model: Any, windows: list[list[int]], *, device: Any, batch_size:
     return math.exp(total_nll / total_tokens) if total_tokens else float("nan")
 
 
+def probe_logits(model: Any, ids: list[int], *, device: Any) -> Any:
+    import torch
+
+    with torch.no_grad(), _onload_per_layer(model):
+        return model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0].float().cpu()
+
+
+def logits_cosine(a: Any, b: Any) -> float:
+    import torch
+
+    return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+
+
 @contextlib.contextmanager
 def _onload_per_layer(model: Any) -> Iterator[None]:
     """Keep each decoder layer's tensors onloaded while that layer runs (offloaded models).
@@ -1109,6 +1125,8 @@ def _quantize_into(
     reporter.stage(f"Writing the {request.output_format} checkpoint")
     # What the checkpoint must hold: every tensor as the quantized model computes with it.
     expected = _weight_fingerprints(model)
+    probe = evaluation.windows[0][:PROBE_TOKENS]
+    in_memory_logits = probe_logits(model, probe, device=device)
     tokenizer.save_pretrained(tmp)
     if request.output_format == "awq":
         save_awq_gemm(model, tmp)
@@ -1146,6 +1164,7 @@ def _quantize_into(
 
         set_onload_device(reloaded, device)
     ppl_awq = perplexity(reloaded, evaluation.windows, device=device, batch_size=batch, reporter=reporter)
+    probe_cosine = logits_cosine(in_memory_logits, probe_logits(reloaded, probe, device=device))
     del reloaded
     _release()
     _timed(times, "evaluate", t)
@@ -1160,6 +1179,9 @@ def _quantize_into(
         "worst_tensor": check["worst"][0][0] if check["worst"] else None,
         "threshold": MAX_TENSOR_REL_ERROR,
         "perplexity_from": "the reloaded checkpoint",
+        # Diagnostic: does the in-memory quantize-on-the-fly forward agree with the checkpoint?
+        "in_memory_logits_cosine": round(probe_cosine, 6),
+        "probe_tokens": len(probe),
     }
 
     ppl_rtn = None
