@@ -83,7 +83,7 @@ if [ "${COMPARE_ONLY:-0}" != 1 ]; then
   rm -f "$RUNS"/trd_*.json "$RUNS"/vllm_*.json
   if [ "$PROMPTS" = text ]; then
     PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 "$REPO/scripts/device/make_bench_prompts.py" "$RUNS/prompts.jsonl" \
-      --num "$NUM_PROMPTS" --tokens "$INPUT_LEN" || exit 2
+      --num "$NUM_PROMPTS" --tokens "$INPUT_LEN" --tokenizer "$MODEL" || exit 2
   fi
   if ! curl -sf "$URL/health" >/dev/null 2>&1; then
     if [ "${START_SERVER:-0}" = 1 ]; then

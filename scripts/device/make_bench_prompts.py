@@ -4,10 +4,12 @@ comparing `trdeploy bench --prompts` with `vllm bench serve --dataset-name custo
 send the same text to /v1/completions and the server tokenizes it the same way for both.
 
 Each prompt is a run of the embedded Turkish corpus starting at a different document, cut to L
-tokens with the Llama-3 tokenizer (llama-models, offline) and decoded back to text; no two prompts
-share a first 16-token block, so prefix caching cannot reuse one prompt for another.
+tokens and decoded back to text; no two prompts share a first 16-token block, so prefix caching
+cannot reuse one prompt for another. Tokens are counted with the served model's tokenizer.json
+(--tokenizer MODEL_DIR, the `tokenizers` library) or, by default, the Llama-3 tokenizer from
+llama-models.
 
-    python scripts/device/make_bench_prompts.py OUT.jsonl [--num 300] [--tokens 512]
+    python scripts/device/make_bench_prompts.py OUT.jsonl [--num 300] [--tokens 512] [--tokenizer MODEL_DIR]
 """
 
 from __future__ import annotations
@@ -20,7 +22,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from trdeploy.embedded import embedded_pairs  # noqa: E402
-from trdeploy.tokenizers import load_tokenizer  # noqa: E402
+
+
+class _Codec:
+    """encode (no special tokens) / decode with a tokenizer.json, or Llama-3's tiktoken file."""
+
+    def __init__(self, folder: Path | None) -> None:
+        if folder is not None:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            self.encode = lambda text: tok.encode(text, add_special_tokens=False).ids
+            self.decode = lambda ids: tok.decode(ids)
+        else:
+            from trdeploy.tokenizers import load_tokenizer
+
+            encoding = load_tokenizer("llama3").encoding  # tiktoken, as llama-models ships it
+            self.encode, self.decode = encoding.encode_ordinary, encoding.decode
 
 
 def main() -> int:
@@ -28,11 +46,12 @@ def main() -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--num", type=int, default=300)
     ap.add_argument("--tokens", type=int, default=512)
+    ap.add_argument("--tokenizer", type=Path, default=None, help="a folder with tokenizer.json (default: Llama-3 from llama-models)")
     args = ap.parse_args()
-    encoding = load_tokenizer("llama3").encoding  # tiktoken, as llama-models ships it
+    codec = _Codec(args.tokenizer)
     texts = [p.tr for p in embedded_pairs()]
-    ids = [encoding.encode_ordinary(t) for t in texts]
-    space = encoding.encode_ordinary(" ")
+    ids = [codec.encode(t) for t in texts]
+    space = codec.encode(" ")
     seen, rows = set(), []
     for i in range(args.num):
         run: list[int] = []
@@ -40,8 +59,8 @@ def main() -> int:
         while len(run) < args.tokens:
             run += ids[k] + space
             k = (k + 1) % len(texts)
-        text = encoding.decode(run[: args.tokens]).rstrip("\ufffd")
-        again = encoding.encode_ordinary(text)
+        text = codec.decode(run[: args.tokens]).rstrip("\ufffd")
+        again = codec.encode(text)
         n = len(again)
         head = tuple(again[:16])
         if head in seen:
