@@ -762,6 +762,14 @@ def _quantized_linear(module: Any) -> bool:
     return isinstance(module, torch.nn.Linear) and scheme is not None and getattr(scheme, "weights", None) is not None
 
 
+def _quantize_dequantize(module: Any, weight: Any) -> Any:
+    """A quantized Linear's weight as it computes with it: quantized with its own scales and zero
+    points and dequantized (what the checkpoint's int4 values decompress to)."""
+    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+
+    return forward_quantize(module, weight, "weight", module.quantization_scheme.weights)
+
+
 def _projection(value: Any, cache: dict[Any, Any]) -> Any:
     """A fingerprint of a tensor: 1-D tensors whole, matrices times a fixed random vector (float32, CPU)."""
     import torch
@@ -788,7 +796,6 @@ def _weight_fingerprints(model: Any) -> dict[str, Any]:
     import torch
     from compressed_tensors.offload import disable_offloading
     from compressed_tensors.quantization import QuantizationStatus
-    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
 
     out: dict[str, Any] = {}
     cache: dict[Any, Any] = {}
@@ -802,7 +809,7 @@ def _weight_fingerprints(model: Any) -> dict[str, Any]:
                         continue
                     value = param.data
                     if fake_quantize and pname == "weight":
-                        value = forward_quantize(module, value, "weight", module.quantization_scheme.weights)
+                        value = _quantize_dequantize(module, value)
                     out[f"{name}.{pname}" if name else pname] = _projection(value, cache)
     return out
 
@@ -858,7 +865,6 @@ def materialize_quantized_weights(model: Any) -> None:
     """
     import torch
     from compressed_tensors.offload import disable_offloading, update_offload_parameter
-    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
 
     with torch.no_grad():
         for module in model.modules():
@@ -866,7 +872,7 @@ def materialize_quantized_weights(model: Any) -> None:
                 continue
             with disable_offloading():
                 weight = module.weight.data
-                update_offload_parameter(module, "weight", forward_quantize(module, weight, "weight", module.quantization_scheme.weights).to(weight.dtype))
+                update_offload_parameter(module, "weight", _quantize_dequantize(module, weight).to(weight.dtype))
             module.quantization_enabled = False
 
 
@@ -938,8 +944,7 @@ def save_awq_gemm(model: Any, folder: Path) -> None:
     tensors: dict[str, Any] = {}
     quantized_prefixes = []
     for name, module in model.named_modules():
-        scheme = getattr(module, "quantization_scheme", None)
-        if scheme is not None and getattr(scheme, "weights", None) is not None and isinstance(module, torch.nn.Linear):
+        if _quantized_linear(module):
             quantized_prefixes.append(name)
             for key, value in awq_gemm_tensors(module).items():
                 tensors[f"{name}.{key}"] = value
