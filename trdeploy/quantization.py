@@ -763,11 +763,27 @@ def _quantized_linear(module: Any) -> bool:
 
 
 def _quantize_dequantize(module: Any, weight: Any) -> Any:
-    """A quantized Linear's weight as it computes with it: quantized with its own scales and zero
-    points and dequantized (what the checkpoint's int4 values decompress to)."""
-    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+    """A quantized Linear's weight as its checkpoint holds it: quantized to integers with the
+    module's own scales and zero points, by the function the compressor calls when it writes the
+    checkpoint, then dequantized as the loader does.
 
-    return forward_quantize(module, weight, "weight", module.quantization_scheme.weights)
+    Not compressed-tensors' fused fake quantization (the quantize-on-the-fly forward): on CUDA the
+    two round differently. The compressor's `quantize` runs a Triton kernel that divides by the
+    scale in float32; the fused fake quantization divides and adds the zero point in the weight's
+    dtype (bfloat16 keeps 8 significant bits), so values near a rounding boundary land on the
+    neighbouring integer. Seen on an H100 (8B-shaped model): every Linear weight differed by about
+    3% (relative, through the fingerprint projection) between the two, while on the CPU, where
+    both use the same torch arithmetic, they are equal.
+    """
+    import torch
+    from compressed_tensors.quantization.lifecycle.forward import dequantize, quantize
+
+    args = module.quantization_scheme.weights
+    scale = module.weight_scale
+    zero_point = getattr(module, "weight_zero_point", None)
+    global_scale = getattr(module, "weight_global_scale", None)
+    q = quantize(x=weight, scale=scale, zero_point=zero_point, args=args, dtype=torch.int8, global_scale=global_scale)
+    return dequantize(q, scale=scale, zero_point=zero_point, args=args, dtype=weight.dtype, global_scale=global_scale)
 
 
 def _projection(value: Any, cache: dict[Any, Any]) -> Any:
