@@ -592,7 +592,15 @@ async def run_load(
     on_done: Callable[[RequestResult], None] | None = None,
     client: Transport | None = None,
 ) -> RunStats:
-    """Run one load level to completion (or until `stop` is set, which cancels requests in flight)."""
+    """Run one load level to completion (or until `stop` is set, which cancels requests in flight).
+
+    A closed loop with a concurrency cap runs one worker per slot: a worker sends its next request
+    as soon as its previous one ended, in the same task. (Handing freed slots back to one dispatch
+    loop refills them one event-loop turn after another; on an H100 the requests of a batch end
+    within tens of milliseconds of each other, and such a serial refill let vLLM's batch drain
+    completely between waves, a lighter load than the one asked for.) Open loops (a request rate)
+    and uncapped closed loops are dispatched by one loop on their arrival schedule.
+    """
     stop = stop or asyncio.Event()
     own_client = client is None
     if client is None:
@@ -604,15 +612,22 @@ async def run_load(
     t0 = time.perf_counter()
     first_sent: float | None = None
     last_sent = t0
+    index = 0
 
-    async def one(index: int, arrival: float, holds_slot: bool) -> None:
+    def may_send() -> bool:
+        if stop.is_set() or (spec.num_requests is not None and index >= spec.num_requests):
+            return False
+        return spec.duration_s is None or time.perf_counter() - t0 < spec.duration_s
+
+    async def one(i: int, arrival: float, use_sem: bool) -> None:
         result = RequestResult()
+        holds_slot = False
         try:
-            if sem is not None and not holds_slot:
+            if use_sem and sem is not None:
                 await sem.acquire()
                 holds_slot = True
             result.queue_time = time.perf_counter() - arrival
-            fields, prompt_len = prompts.body(index)
+            fields, prompt_len = prompts.body(i)
             await send_request(client, endpoint, build_body(endpoint, sampling, fields), prompt_len, result, t0)
         except asyncio.CancelledError:
             result.status = STATUS_CANCELLED
@@ -623,6 +638,16 @@ async def run_load(
             store.add(result)
             if on_done is not None:
                 on_done(result)
+
+    async def worker() -> None:
+        nonlocal index, first_sent, last_sent
+        while may_send():
+            i = index
+            index += 1
+            arrival = time.perf_counter()
+            first_sent = arrival if first_sent is None else first_sent
+            last_sent = arrival
+            await one(i, arrival, use_sem=False)
 
     async def wait_stop(seconds: float) -> bool:
         """Sleep `seconds` unless stopped first; True when stopped."""
@@ -635,46 +660,30 @@ async def run_load(
         return True
 
     try:
-        offsets = arrival_offsets(spec, rng)
-        index = 0
-        while not stop.is_set():
-            if spec.num_requests is not None and index >= spec.num_requests:
-                break
-            now = time.perf_counter() - t0
-            if spec.duration_s is not None and now >= spec.duration_s:
-                break
-            holds_slot = False
-            if spec.closed_loop:
-                if sem is not None:
-                    acquire = asyncio.ensure_future(sem.acquire())
-                    stopper = asyncio.ensure_future(stop.wait())
-                    await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                    stopper.cancel()
-                    if not acquire.done():
-                        acquire.cancel()
+        if spec.closed_loop and spec.concurrency:
+            slots = spec.concurrency if spec.num_requests is None else min(spec.concurrency, spec.num_requests)
+            for _ in range(slots):
+                task = asyncio.create_task(worker())
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        else:
+            offsets = arrival_offsets(spec, rng)
+            while may_send():
+                if not spec.closed_loop:
+                    target = next(offsets)
+                    if spec.duration_s is not None and target >= spec.duration_s:
+                        await wait_stop(spec.duration_s - (time.perf_counter() - t0))
                         break
-                    holds_slot = True
-                    if stop.is_set() or (
-                        spec.duration_s is not None and time.perf_counter() - t0 >= spec.duration_s
-                    ):
-                        sem.release()
+                    if await wait_stop(target - (time.perf_counter() - t0)):
                         break
-            else:
-                target = next(offsets)
-                if spec.duration_s is not None and target >= spec.duration_s:
-                    await wait_stop(spec.duration_s - (time.perf_counter() - t0))
-                    break
-                if await wait_stop(target - (time.perf_counter() - t0)):
-                    break
-            arrival = time.perf_counter()
-            first_sent = arrival if first_sent is None else first_sent
-            last_sent = arrival
-            task = asyncio.create_task(one(index, arrival, holds_slot))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            index += 1
-        stats.sent = index
-        # Let the requests in flight finish, unless stopped: then cancel them.
+                arrival = time.perf_counter()
+                first_sent = arrival if first_sent is None else first_sent
+                last_sent = arrival
+                task = asyncio.create_task(one(index, arrival, use_sem=True))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                index += 1
+        # Let the requests in flight (and the workers) finish, unless stopped: then cancel them.
         while tasks:
             if stop.is_set():
                 for task in list(tasks):
@@ -685,6 +694,7 @@ async def run_load(
             await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
     finally:
+        stats.sent = index
         stats.interrupted = stop.is_set()
         stats.duration_s = time.perf_counter() - t0
         stats.dispatch_span_s = (last_sent - first_sent) if first_sent is not None else 0.0
