@@ -140,7 +140,7 @@ async def _generate_stream(body: dict, chat: bool, mode: str = "ok"):
                 if chat:
                     yield _sse({"id": request_id, "object": obj, "model": NAME,
                                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})  # fmt: skip
-            text = tokenizer.decode([token_id], skip_special_tokens=True)
+            text = tokenizer.decode([token_id], skip_special_tokens=body.get("skip_special_tokens", True) is not False)
             if token_id == model.generation_config.eos_token_id:
                 finish = "stop"
             last = produced >= gen_kwargs["max_new_tokens"] or finish == "stop"

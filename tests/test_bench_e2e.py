@@ -152,7 +152,9 @@ def test_sigint_stops_and_prints_the_partial_report(tserve, tmp_path) -> None:
 def test_synthetic_ignore_eos_and_prometheus_cross_check(vllm_like, tiny_model) -> None:
     _, snapshot = tiny_model
     r = bench("--url", vllm_like.url, "--api", "completions", "--synthetic", "48", "--synthetic-vocab-size",
-              str(_vocab(snapshot)), "--output-tokens", "10", "--ignore-eos", "-c", "3", "-n", "9", "--json")  # fmt: skip
+              str(_vocab(snapshot)), "--output-tokens", "10", "--ignore-eos", "-c", "3", "-n", "9",
+              # a random model may end on a special token: without its text, the last chunk would carry no token
+              "--extra-body", '{"skip_special_tokens": false}', "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
     run = run_json(r)["runs"][0]
     assert run["completed"] == 9 and run["total_input_tokens"] == 9 * 48 and run["total_output_tokens"] == 90
@@ -162,8 +164,17 @@ def test_synthetic_ignore_eos_and_prometheus_cross_check(vllm_like, tiny_model) 
     assert server["available"] and server["counters"]["generation_tokens"] == 90
     assert server["counters"]["prompt_tokens"] == 9 * 48 and server["counters"]["request_success"] == 9
     assert server["generation_tokens_diff"] == 0 and server["mean_ms"]["ttft"] > 0
+    assert server["peak"] == {}  # no scrapes during the run unless --gauge-interval asks for them
     # The connections were kept alive: no more TCP connections than requests in flight (plus the scrapes' own).
     assert httpx.get(vllm_like.url + "/debug/connections").json()["client_ports"] <= 3
+    sampled = bench("--url", vllm_like.url, "--api", "completions", "--synthetic", "48", "--synthetic-vocab-size",
+                    str(_vocab(snapshot)), "--output-tokens", "40", "--ignore-eos", "-c", "3", "-n", "9",
+                    "--gauge-interval", "0.1", "--json")  # fmt: skip
+    run = run_json(sampled)["runs"][0]
+    assert run["duration"] > 0.3, run["duration"]  # long enough for a few samples
+    assert 1 <= run["server_metrics"]["peak"]["running"] <= 3
+    bad = bench("--url", vllm_like.url, "--gauge-interval", "0.01", "-n", "1", "--json")
+    assert bad.returncode == 2 and "--gauge-interval" in bad.stderr
 
 
 def test_min_tokens_warmup_and_api_key(vllm_like) -> None:

@@ -304,6 +304,7 @@ class BenchPlan:
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
     warmup: int = 0
     server_metrics: bool = True
+    gauge_interval_s: float = 0.0  # sample /metrics gauges during the run (0: only before and after)
     model_source: str = "flag"
     profile_defaults: tuple[str, ...] = ()
     seed: int = 0
@@ -389,6 +390,7 @@ def plan_bench(
     percentiles: str = "50,95,99",
     warmup: int = 0,
     server_metrics: bool = True,
+    gauge_interval_s: float = 0.0,
     seed: int = 0,
     http_client: str = "auto",
 ) -> BenchPlan:
@@ -503,6 +505,8 @@ def plan_bench(
         raise TrdeployError("--http-client raw speaks plain http:// only.", hint="Use --http-client httpx (or auto) for https://.")
     if warmup < 0:
         raise TrdeployError(f"--warmup must be 0 or more (got {warmup}).", hint="Requests sent before measuring.")
+    if not (gauge_interval_s == 0 or gauge_interval_s >= 0.1) or math.isnan(gauge_interval_s):
+        raise TrdeployError(f"--gauge-interval must be 0 (off) or at least 0.1 s (got {gauge_interval_s}).", hint="E.g. --gauge-interval 5.")
     sampling = Sampling(max_tokens=output_tokens, ignore_eos=ignore_eos, min_tokens=min_tokens, temperature=temperature, extra_body=extra)
     endpoint = Endpoint(base_url=base_url, api=api, model=model or "", api_key=api_key or None, timeout_s=timeout_s, v1_prefix=v1)  # type: ignore[arg-type]
     return BenchPlan(
@@ -516,6 +520,7 @@ def plan_bench(
         percentiles=parse_percentiles(percentiles),
         warmup=warmup,
         server_metrics=server_metrics,
+        gauge_interval_s=gauge_interval_s,
         model_source=model_source,
         profile_defaults=tuple(profile_defaults),
         seed=seed,
@@ -595,7 +600,13 @@ def _thin(values: np.ndarray, n: int = PLOT_SAMPLE) -> np.ndarray:
     return np.sort(values)[idx].astype(np.float32)
 
 
-async def _gauge_sampler(client: httpx.AsyncClient, plan: BenchPlan, peaks: dict[str, float], interval: float = 1.0) -> None:
+async def _gauge_sampler(client: httpx.AsyncClient, plan: BenchPlan, peaks: dict[str, float], interval: float) -> None:
+    """Peaks of the server's running / waiting / KV-use gauges, scraped every `interval` seconds.
+
+    Opt-in (--gauge-interval): each scrape makes vLLM's API server render its whole Prometheus text
+    in the process that streams the tokens, and this client download and parse it in the loop that
+    times them, so sampling during the run perturbs what the run measures.
+    """
     headers = plan.endpoint.headers()
     while True:
         await asyncio.sleep(interval)
@@ -625,8 +636,8 @@ async def _run_one(
     try:
         if plan.server_metrics:
             before = await scrape(side, plan.endpoint.base_url, headers, plan.endpoint.model)
-            if before is not None:
-                sampler = asyncio.create_task(_gauge_sampler(side, plan, peaks))
+            if before is not None and plan.gauge_interval_s > 0:
+                sampler = asyncio.create_task(_gauge_sampler(side, plan, peaks, plan.gauge_interval_s))
         stats: RunStats = await run_load(plan.endpoint, plan.sampling, prompts, spec, store, stop=stop, on_done=on_done, client=client)
         if sampler is not None:
             sampler.cancel()

@@ -76,7 +76,8 @@ def bench(
     max_error_rate: Annotated[float, typer.Option("--max-error-rate", help="Largest share of failed requests that still passes.")] = 0.01,
     percentiles: Annotated[str, typer.Option("--percentiles", help="Percentiles to report (p95 always).")] = "50,95,99",
     warmup: Annotated[int, typer.Option("--warmup", help="Requests sent before measuring (not counted).")] = 0,
-    server_metrics: Annotated[bool, typer.Option("--server-metrics/--no-server-metrics", help="Scrape Prometheus /metrics before, during and after.")] = True,
+    server_metrics: Annotated[bool, typer.Option("--server-metrics/--no-server-metrics", help="Scrape Prometheus /metrics before and after each run (counter deltas, server-side means).")] = True,
+    gauge_interval: Annotated[float, typer.Option("--gauge-interval", help="Also sample the server's running/waiting/KV-use gauges every S seconds during the run, for their peaks (0: off; each scrape perturbs the run a little).")] = 0.0,
     http_client: Annotated[str, typer.Option("--http-client", help="auto (a lean built-in HTTP/1.1 client for plain http://, httpx for https:// or proxies), raw or httpx.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed for prompt order, synthetic prompts and arrival times.")] = 0,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the TTFT/TPOT/ITL/E2E distributions (needs matplotlib).")] = None,
@@ -101,7 +102,7 @@ def bench(
         output_tokens=output_tokens, ignore_eos=ignore_eos, min_tokens=min_tokens, temperature=temperature,
         extra_body=extra_body, timeout_s=timeout, sla_ttft_p95_ms=sla_ttft_p95_ms, sla_e2e_p95_ms=sla_e2e_p95_ms,
         sla_tpot_ms=sla_tpot_ms, max_error_rate=max_error_rate, percentiles=percentiles, warmup=warmup,
-        server_metrics=server_metrics, seed=seed, http_client=http_client,
+        server_metrics=server_metrics, gauge_interval_s=gauge_interval, seed=seed, http_client=http_client,
     )  # fmt: skip
 
     with progress(transient=True) as bar:
@@ -209,8 +210,9 @@ def _render_run(console: Console, run: dict[str, Any], pcts: list[float], title_
             ("Server: prompt tokens (client)", f"{_num(c.get('prompt_tokens'), 0)} ({sm['client']['prompt_tokens']:,})"),
             ("Server: successful requests (client)", f"{_num(c.get('request_success'), 0)} ({sm['client']['completed']})"),
             ("Server: mean TTFT / E2E / queue (ms)", " / ".join(_ms(sm["mean_ms"].get(k)) for k in ("ttft", "e2el", "queue"))),
-            ("Server: peak running / waiting / KV use", " / ".join(_num(sm["peak"].get(k)) for k in ("running", "waiting", "kv_cache_usage"))),
         ]
+        if sm["peak"]:
+            rows.append(("Server: peak running / waiting / KV use", " / ".join(_num(sm["peak"].get(k)) for k in ("running", "waiting", "kv_cache_usage"))))
         for row in rows:
             t.add_row(*row)
     else:
