@@ -78,7 +78,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
-def make_llama(folder: Path, tokenizer_dir: Path | None, *, hidden: int = 128, intermediate: int = 256, layers: int = 2, seed: int = 0, chat_template: bool = True) -> Path:
+def make_llama(folder: Path, tokenizer_dir: Path | None, *, hidden: int = 128, intermediate: int = 256, layers: int = 2, seed: int = 0, chat_template: bool = True, dtype: torch.dtype = torch.float32) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def make_llama(folder: Path, tokenizer_dir: Path | None, *, hidden: int = 128, i
         bos_token_id=0,
         eos_token_id=4,
     )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    LlamaForCausalLM(config).to(dtype).save_pretrained(folder)
     return folder
 
 
@@ -686,3 +686,56 @@ def test_verification_catches_a_checkpoint_that_is_not_the_quantized_model(tmp_p
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     tampered = q.compare_fingerprints(expected, written())
     assert tampered["failed"] == ["model.layers.1.mlp.down_proj.weight"]
+
+
+@pytest.fixture
+def cuda_like_quantize_kernel():
+    """compressed-tensors' integer `quantize` as its CUDA Triton kernel computes it, on the CPU.
+
+    On CUDA, `quantize` (what the compressor calls to write int4 values) dispatches to a Triton
+    kernel that divides by the scale and adds the zero point in float32; the fused fake
+    quantization (the quantize-on-the-fly forward) stays in torch and divides in the weight's
+    dtype. For a bfloat16 model the two land on neighbouring integers for values near a rounding
+    boundary. This registers a backend with the kernel's arithmetic for CPU tensors, for one test.
+    """
+    from compressed_tensors.quantization.lifecycle import forward_helpers  # noqa: F401 - registers the entrypoint
+    from compressed_tensors.utils.impl_backend import ImplBackend
+
+    def _quantize_float32_like_cuda_triton(x, scale, zero_point, q_min, q_max, args, dtype=None, global_scale=None):
+        scale = scale.float() if global_scale is None else scale.float() / global_scale.float()
+        scaled = x.float() / scale
+        if zero_point is not None:
+            scaled = scaled + zero_point.float()
+        return torch.clamp(scaled, q_min.float(), q_max.float()).round().to(dtype if dtype is not None else x.dtype)
+
+    ImplBackend.register("_quantize", lambda *args, **kwargs: True, -1)(_quantize_float32_like_cuda_triton)
+    try:
+        yield
+    finally:
+        ImplBackend._backends["_quantize"] = [e for e in ImplBackend._backends["_quantize"] if e[0] is not _quantize_float32_like_cuda_triton]
+        ImplBackend._fn_registry.pop(_quantize_float32_like_cuda_triton.__name__, None)
+
+
+def test_tensor_check_follows_the_compressor_when_it_rounds_in_float32(tmp_path, tokenizer_dir, cuda_like_quantize_kernel):
+    """Seen on an H100: every Linear of an 8B bfloat16 model differed by about 3% between the
+    written checkpoint and the fused fake quantization, so a check against the latter failed a
+    good checkpoint. The check now quantizes the way the compressor does."""
+    from compressed_tensors.quantization.lifecycle.forward import dequantize, fake_quantize, quantize
+    from compressed_tensors.quantization.quant_args import QuantizationArgs
+
+    # The emulated kernel really makes the two paths disagree on bfloat16 weights.
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=False, strategy="group", group_size=128)
+    w = (torch.randn(64, 256, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
+    groups = w.float().reshape(64, 2, 128)
+    lo, hi = groups.amin(-1).clamp(max=0), groups.amax(-1).clamp(min=0)
+    scale = ((hi - lo) / 15).to(torch.bfloat16)
+    zp = torch.round(-8 - lo / scale.float()).clamp(-8, 7).to(torch.int8)
+    fused = fake_quantize(w, scale, zp, args)
+    written = dequantize(quantize(w, scale, zp, args, dtype=torch.int8), scale, zp, args, dtype=torch.bfloat16)
+    assert (fused != written).float().mean() > 0.005
+
+    model = make_llama(tmp_path / "llama", tokenizer_dir, hidden=256, intermediate=512, layers=2, dtype=torch.bfloat16)
+    out = tmp_path / "awq"
+    report = run_quantize(model=str(model), output=out, num_samples=8, max_seq_len=128, eval_tokens=512, compare_rtn=True)
+    assert report["verification"]["max_tensor_rel_error"] <= 1e-6, report["verification"]
+    assert (out / "config.json").is_file() and json.loads((out / "config.json").read_text())["quantization_config"]
