@@ -326,8 +326,9 @@ def test_client_measures_known_timings(timed) -> None:
 
 def test_closed_loop_refills_every_slot_at_once(tmp_path) -> None:
     """100 streams end within tens of milliseconds of each other (as a vLLM batch does); each slot's
-    next request must go out right away, not one event-loop turn after another (a serial refill,
-    measured here at 27-44 ms for the last slot, let vLLM's batch drain between waves on an H100)."""
+    next request must go out right away, not one event-loop turn after another (a serial refill
+    took up to 28-44 ms here; in runs with it on an H100, vLLM's engine went idle between the first
+    and the second wave)."""
     import asyncio
 
     import numpy as np
