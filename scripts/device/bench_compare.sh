@@ -24,7 +24,8 @@
 #     `--synthetic` (token ids, no tokenization): what each tool does by default for random prompts.
 # Order: an optional warm-up run (WARMUP prompts, vLLM), then ROUNDS x [trdeploy, vLLM].
 # Results go to $OUT (default /tmp/out): bench_compare.json / .txt with every run and the medians
-# (the per-run result files stay in /tmp/bench_compare). Exit code 0 when the medians of p50 TTFT and
+# (the per-run result files stay in /tmp/bench_compare). The server's own mean TTFT is given for every run:
+# trdeploy reads /metrics before and after its runs itself; for vLLM's runs this script does. Exit code 0 when the medians of p50 TTFT and
 # p50 TPOT of trdeploy are within 5% of vLLM's, 1 otherwise, 2 on a failure. COMPARE_ONLY=1 only
 # redoes the comparison from the files in /tmp/bench_compare.
 set -u
@@ -46,8 +47,16 @@ SERVER_PID=""
 cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null; }
 trap cleanup EXIT
 
+scrape() {  # $1: file for the server's vllm:* samples now (the same parser trdeploy bench uses)
+  PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 -c "
+import json, sys, httpx
+from trdeploy.benchmark import parse_prometheus
+json.dump(parse_prometheus(httpx.get(sys.argv[1] + '/metrics', timeout=10).text, 'm'), open(sys.argv[2], 'w'))" "$URL" "$1" 2>/dev/null || echo '{}' > "$1"
+}
+
 vllm_bench() {  # $1: result name, $2: number of prompts
   local data
+  scrape "$RUNS/metrics_$1_before.json"
   if [ "$PROMPTS" = text ]; then
     data=(--dataset-name custom --dataset-path "$RUNS/prompts.jsonl" --custom-output-len "$OUTPUT_LEN" --skip-chat-template --disable-shuffle)
   else
@@ -61,6 +70,7 @@ vllm_bench() {  # $1: result name, $2: number of prompts
   if [ $rc -ne 0 ] || [ ! -s "$RUNS/$1.json" ]; then
     echo "vllm bench serve ($1) failed with exit code $rc:"; tail -30 "$RUNS/$1.log"; exit 2
   fi
+  sleep 0.25; scrape "$RUNS/metrics_$1_after.json"
   grep -E "Successful|Median TTFT|Median TPOT" "$RUNS/$1.log" | sed "s/^/[$1] /"
 }
 
@@ -80,7 +90,7 @@ trdeploy_bench() {  # $1: result name
 
 if [ "${COMPARE_ONLY:-0}" != 1 ]; then
   : "${MODEL:?set MODEL to the served checkpoint folder (vllm bench serve reads its tokenizer)}"
-  rm -f "$RUNS"/trd_*.json "$RUNS"/vllm_*.json
+  rm -f "$RUNS"/trd_*.json "$RUNS"/vllm_*.json "$RUNS"/metrics_*.json
   if [ "$PROMPTS" = text ]; then
     PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 "$REPO/scripts/device/make_bench_prompts.py" "$RUNS/prompts.jsonl" \
       --num "$NUM_PROMPTS" --tokens "$INPUT_LEN" --tokenizer "$MODEL" || exit 2
@@ -107,7 +117,7 @@ if [ "${COMPARE_ONLY:-0}" != 1 ]; then
   for k in $(seq 1 "$ROUNDS"); do trdeploy_bench "trd_$k"; vllm_bench "vllm_$k" "$NUM_PROMPTS"; done
 fi
 
-python3 - "$RUNS" "$OUTDIR" "$PROMPTS" <<'PY'
+PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 - "$RUNS" "$OUTDIR" "$PROMPTS" <<'PY'
 import glob, json, statistics, sys
 from pathlib import Path
 
@@ -136,6 +146,16 @@ for label, key, goal in rows:
     table.append({"metric": key, "trdeploy": a, "vllm": b, "trdeploy_median": ma, "vllm_median": mb, "diff_pct": d, "goal": goal})
     lines.append(f"{label:28} trdeploy [{fmt(a)}] median {ma:,.2f} | vLLM [{fmt(b)}] median {mb:,.2f} | "
                  + ("-" if d is None else f"{d:+.1f}%") + ("  <- goal: within 5%" if goal else ""))
+for f in sorted(glob.glob(f"{runs}/vllm_*.json")):
+    name = Path(f).stem
+    before, after = (runs / f"metrics_{name}_{w}.json" for w in ("before", "after"))
+    if before.is_file() and after.is_file():
+        from trdeploy.benchmark import server_metrics_delta
+
+        s = server_metrics_delta(json.loads(before.read_text()), json.loads(after.read_text()), {})
+        if s["mean_ms"].get("ttft") is not None:
+            lines.append(f"vLLM run {name}: server counted {s['counters'].get('generation_tokens')} generated tokens; "
+                         f"server mean TTFT {s['mean_ms']['ttft']:.1f} ms (client mean {json.loads(Path(f).read_text()).get('mean_ttft_ms', float('nan')):.1f} ms)")
 server = [r.get("server_metrics", {}) for r in trd]
 for i, s in enumerate(server, 1):
     if s.get("available"):
