@@ -24,10 +24,11 @@
 #     `--synthetic` (token ids, no tokenization): what each tool does by default for random prompts.
 # Order: an optional warm-up run (WARMUP prompts, vLLM), then ROUNDS x [trdeploy, vLLM].
 # Results go to $OUT (default /tmp/out): bench_compare.json / .txt with every run and the medians
-# (the per-run result files stay in /tmp/bench_compare). The server's own mean TTFT is given for every run:
-# trdeploy reads /metrics before and after its runs itself; for vLLM's runs this script does. Exit code 0 when the medians of p50 TTFT and
-# p50 TPOT of trdeploy are within 5% of vLLM's, 1 otherwise, 2 on a failure. COMPARE_ONLY=1 only
-# redoes the comparison from the files in /tmp/bench_compare.
+# (the per-run result files stay in /tmp/bench_compare), and the server's own mean TTFT for every
+# run (trdeploy reads /metrics before and after its runs itself; for vLLM's runs this script does).
+# Exit code 0 when the medians of p50 TTFT and p50 TPOT of trdeploy are within 5% of vLLM's, 1
+# otherwise, 2 on a failure. COMPARE_ONLY=1 only redoes the comparison from the files in
+# /tmp/bench_compare.
 set -u
 OUTDIR=${OUT:-/tmp/out}
 RUNS=${RUNS_DIR:-/tmp/bench_compare}
