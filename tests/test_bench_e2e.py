@@ -370,3 +370,13 @@ def test_10000_requests_in_bounded_memory(fast_timed, tmp_path) -> None:
         rss[n] = int(proc.stdout.strip().splitlines()[-1]) / 1024  # MiB
         assert json.loads((tmp_path / f"n{n}.json").read_text())["runs"][0]["completed"] == n
     assert rss[10_000] - rss[1000] < 20, rss
+
+
+def test_client_overhead_script_measures_the_known_server() -> None:
+    """scripts/client_overhead.py (trdeploy's side; vLLM's client needs its source file and aiohttp)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "client_overhead.py"), "--repeats", "1", "--requests", "40",
+                           "--concurrency", "10", "--output", "20", "--json"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (run,) = json.loads(proc.stdout)["runs"]
+    assert run["client"] == "trdeploy" and run["completed"] == 40
+    assert 200 <= run["ttft_ms"]["p50"] < 220 and run["itl_ms"]["p50"] == pytest.approx(12.0, rel=0.1)
