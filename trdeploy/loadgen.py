@@ -597,9 +597,10 @@ async def run_load(
     A closed loop with a concurrency cap runs one worker per slot: a worker sends its next request
     as soon as its previous one ended, in the same task. (Handing freed slots back to one dispatch
     loop refills them one event-loop turn after another; the requests of a vLLM batch end within
-    tens of milliseconds of each other, and in H100 runs with such a serial refill vLLM's engine went
-    idle between the first and the second wave: a lighter load than the one asked for.) Open loops (a request rate)
-    and uncapped closed loops are dispatched by one loop on their arrival schedule.
+    tens of milliseconds of each other, and in H100 runs with such a serial refill vLLM's engine
+    went idle between the first and the second wave: a lighter load than the one asked for.)
+    Open loops (a request rate) and uncapped closed loops are dispatched by one loop on their
+    arrival schedule.
     """
     stop = stop or asyncio.Event()
     own_client = client is None

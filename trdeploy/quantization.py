@@ -801,10 +801,10 @@ def _projection(value: Any, cache: dict[Any, Any]) -> Any:
 
 
 def _weight_fingerprints(model: Any) -> dict[str, Any]:
-    """Fingerprints of every parameter as the model computes with it.
+    """Fingerprints of every parameter as the checkpoint must hold it.
 
-    A Linear that llm-compressor quantized (status frozen) contributes its fake-quantized weight,
-    quantize-dequantize with its own scales and zero points, which is exactly what the
+    A Linear that llm-compressor quantized (status frozen) contributes its weight quantized with its
+    own scales and zero points and dequantized (`_quantize_dequantize`), which is exactly what the
     checkpoint's int4 values decompress to; its scales and zero points themselves are skipped.
     A reloaded checkpoint (decompressed) contributes its weights as they are. Works on offloaded
     models: each module's tensors are onloaded once.
@@ -873,8 +873,9 @@ def reload_checkpoint(folder: Path, config_file: Path, *, output_format: Format 
 
 
 def materialize_quantized_weights(model: Any) -> None:
-    """Write each quantized Linear's fake-quantized weight into the model and switch its
-    quantize-on-the-fly forward off: a plain forward then computes with the int4 values.
+    """Write each quantized Linear's int4 values (dequantized, as its checkpoint would hold them)
+    into the model and switch its quantize-on-the-fly forward off: a plain forward then computes
+    with the int4 values.
 
     Used for the round-to-nearest comparison, which is evaluated in memory: a plain forward reads
     the weight once, so the result does not depend on how an offloaded model onloads tensors.
