@@ -27,34 +27,17 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-
-def start_server(port: int, ttft: float, itl: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_timed_sse_server.py"), str(port), str(ttft), str(itl)])
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the timed server did not start")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _bench_servers import start_timed_server  # noqa: E402 - the tests' own launcher for the timed server
 
 
 def summary(name: str, ttft_s: np.ndarray, itl_s: np.ndarray, start_s: np.ndarray, end_s: np.ndarray, concurrency: int) -> dict:
@@ -128,8 +111,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    port = free_port()
-    server = start_server(port, args.ttft, args.itl)
+    log = Path(tempfile.mkstemp(prefix="timed_server_", suffix=".log")[1])
+    server = start_timed_server(log, ttft_s=args.ttft, itl_s=args.itl)
+    port = server.port
     results = []
     try:
         for _ in range(args.repeats):
@@ -137,7 +121,8 @@ def main() -> None:
             if args.vllm_erf:
                 results.append(run_vllm(port, args))
     finally:
-        server.kill()
+        server.stop()
+        log.unlink(missing_ok=True)
     if args.json:
         print(json.dumps({"server": {"ttft_ms": args.ttft * 1000, "itl_ms": args.itl * 1000}, "runs": results}, indent=2))
         return

@@ -122,9 +122,12 @@ PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 - "$RUNS" "$OUTDIR" "$PROM
 import glob, json, statistics, sys
 from pathlib import Path
 
+from trdeploy.benchmark import server_metrics_delta
+
 runs, out, prompts = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 trd = [json.loads(Path(f).read_text())["runs"][0] for f in sorted(glob.glob(f"{runs}/trd_*.json"))]
-vll = [json.loads(Path(f).read_text()) for f in sorted(glob.glob(f"{runs}/vllm_*.json"))]
+vllm_files = sorted(glob.glob(f"{runs}/vllm_*.json"))
+vll = [json.loads(Path(f).read_text()) for f in vllm_files]
 if not trd or not vll:
     sys.exit("no results to compare")
 rows = [("p50 TTFT (ms)", "median_ttft_ms", True), ("p50 TPOT (ms)", "median_tpot_ms", True), ("p50 ITL (ms)", "median_itl_ms", False),
@@ -147,16 +150,14 @@ for label, key, goal in rows:
     table.append({"metric": key, "trdeploy": a, "vllm": b, "trdeploy_median": ma, "vllm_median": mb, "diff_pct": d, "goal": goal})
     lines.append(f"{label:28} trdeploy [{fmt(a)}] median {ma:,.2f} | vLLM [{fmt(b)}] median {mb:,.2f} | "
                  + ("-" if d is None else f"{d:+.1f}%") + ("  <- goal: within 5%" if goal else ""))
-for f in sorted(glob.glob(f"{runs}/vllm_*.json")):
+for f, r in zip(vllm_files, vll):
     name = Path(f).stem
     before, after = (runs / f"metrics_{name}_{w}.json" for w in ("before", "after"))
     if before.is_file() and after.is_file():
-        from trdeploy.benchmark import server_metrics_delta
-
         s = server_metrics_delta(json.loads(before.read_text()), json.loads(after.read_text()), {})
         if s["mean_ms"].get("ttft") is not None:
             lines.append(f"vLLM run {name}: server counted {s['counters'].get('generation_tokens')} generated tokens; "
-                         f"server mean TTFT {s['mean_ms']['ttft']:.1f} ms (client mean {json.loads(Path(f).read_text()).get('mean_ttft_ms', float('nan')):.1f} ms)")
+                         f"server mean TTFT {s['mean_ms']['ttft']:.1f} ms (client mean {r.get('mean_ttft_ms', float('nan')):.1f} ms)")
 server = [r.get("server_metrics", {}) for r in trd]
 for i, s in enumerate(server, 1):
     if s.get("available"):
