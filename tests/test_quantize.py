@@ -271,6 +271,29 @@ def test_terminated_run_cleans_up(tmp_path, tiny_llama):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sigterm_whose_interrupt_was_swallowed_still_writes_nothing(tmp_path, tiny_llama):
+    """The SIGTERM handler's KeyboardInterrupt can land where Python drops it (a __del__ running at
+    that moment); the handler also marks the reporter, whose next step raises it again, before the
+    output is moved into place. Emulated: the mark is set while the written checkpoint is being
+    evaluated, without an exception."""
+    from trdeploy.cli.quantize import _RichReporter
+
+    class SwallowedAtEvaluation(_RichReporter):
+        def stage(self, description: str, total: int | None = None) -> None:
+            if description.startswith("Perplexity of the written checkpoint"):
+                self.terminated = True  # what the handler does before its (here lost) raise
+                return
+            super().stage(description, total)
+
+    out = tmp_path / "out"
+    from trdeploy.quantization import quantize
+
+    request = QuantizeRequest(model=str(tiny_llama), output=out, num_samples=8, max_seq_len=128, eval_tokens=1024)
+    with pytest.raises(KeyboardInterrupt):
+        quantize(request, SwallowedAtEvaluation(quiet=True))
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------------------------
 # In-process: other inputs and formats
 # --------------------------------------------------------------------------------------------

@@ -1092,6 +1092,7 @@ def quantize(request: QuantizeRequest, reporter: Reporter | None = None) -> dict
 
             with atomic_directory(output, force=request.force) as tmp:
                 report = _quantize_into(tmp, output, request, model_path, facts, tokenizer, calibration, evaluation, device, estimate, reporter, times)
+                reporter.stage("Writing the report and moving the checkpoint into place")
                 times["total"] = round(time.perf_counter() - t_start, 2)
                 report["time_s"] = times
                 report["peak_memory"] = {

@@ -42,6 +42,10 @@ class _RichReporter(Reporter):
 
     def __init__(self, *, quiet: bool) -> None:
         self._quiet = quiet
+        # Set by the SIGTERM handler. Its KeyboardInterrupt can land where Python drops it (a
+        # __del__ or weakref callback running at that moment); every later step raises it again,
+        # so a terminated run never reaches the point where its output is moved into place.
+        self.terminated = False
         self._progress = progress(transient=False, disable=quiet)
         self._progress.start()
         self._task: Any = None
@@ -52,12 +56,16 @@ class _RichReporter(Reporter):
             self._progress.update(self._task, total=total, completed=total)
 
     def stage(self, description: str, total: int | None = None) -> None:
+        if self.terminated:
+            raise KeyboardInterrupt
         self._finish_current()
         self._task = self._progress.add_task(description, total=total)
         if not self._quiet and not err_console.is_terminal:
             err_console.print(f"... {description}", highlight=False)
 
     def update(self, completed: int) -> None:
+        if self.terminated:
+            raise KeyboardInterrupt
         if self._task is not None:
             self._progress.update(self._task, completed=completed)
 
@@ -134,10 +142,16 @@ def quantize(
     )
     # The libraries' own tqdm bars and progress lines are replaced by ours unless --verbose.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    reporter = _RichReporter(quiet=as_json and not err_console.is_terminal)
+
+    def terminate(signum: int, frame: Any) -> None:
+        reporter.terminated = True
+        raise KeyboardInterrupt
+
     # SIGTERM (kill, a Kubernetes job ending) unwinds like Ctrl-C, so the temporary folder is removed.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        report = run(request, _RichReporter(quiet=as_json and not err_console.is_terminal))
+        report = run(request, reporter)
     except KeyboardInterrupt:
         err_console.print(f"Interrupted: nothing was written to {output}.", highlight=False, soft_wrap=True)
         raise
@@ -146,10 +160,6 @@ def quantize(
     for message in report["warnings"]:
         warn(message)
     emit(report, as_json=as_json, render=lambda console: _render(console, report))
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def _render(console: Console, report: dict[str, Any]) -> None:
