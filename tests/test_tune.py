@@ -111,6 +111,14 @@ def test_default_gpus_is_the_fewest_that_fit():
     assert r8.profile.engine_args.tensor_parallel_size == 1
 
 
+def test_highest_utilisation_depends_on_the_gpus_per_replica():
+    # One H100 has 0.51 GiB of context before vLLM's snapshot, each of two ranks 1.47 GiB (measured).
+    one = tune(TuneRequest(gpu="h100", model="llama-3-8b", max_model_len=8192, gpu_memory_utilization=0.985))
+    assert one.profile.engine_args.tensor_parallel_size == 1
+    with pytest.raises(TrdeployError, match="each of 2 h100 GPUs"):
+        tune(TuneRequest(gpu="h100", model="llama-3-8b", max_model_len=8192, gpus=2, gpu_memory_utilization=0.985))
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -119,6 +127,8 @@ def test_default_gpus_is_the_fewest_that_fit():
         (["--gpu", "h100", "--model", "llama-3-8b", "--max-model-len", "16384"], "8192 positions"),
         (["--gpu", "h100", "--max-model-len", "4096", "--context-words", "100"], "either --context-words or --max-model-len"),
         (["--gpu", "h100", "--gpu-memory-utilization", "1.0"], "CUDA context"),
+        (["--gpu", "h100", "--gpus", "2", "--gpu-memory-utilization", "0.985"], "each of 2 h100 GPUs"),
+        (["--gpu", "h100", "--model", "llama-3-70b", "--gpu-memory-utilization", "0.985"], "each of"),
         (["--gpu", "h100", "--max-num-seqs", "512", "--max-num-batched-tokens", "256"], "below --max-num-seqs"),
         (["--gpu", "h100", "--model", "./no/such/folder"], "No checkpoint folder"),
         (["--gpu", "h100", "--max-model-len", "1024", "--prompt-tokens", "1000"], "does not fit max_model_len"),

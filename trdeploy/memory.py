@@ -29,8 +29,9 @@ lm_head, and a copy of the norms; vLLM sizes every rank the same and logs the pe
 
 The constants below were calibrated on 8 start-ups of vLLM 0.25.0 on one H100 80GB HBM3 (torch 2.11,
 Llama-3-8B shapes, bf16 and AWQ int4, auto and fp8 KV cache, max_num_batched_tokens 2048..16384,
-max_num_seqs 64..1024, utilisation 0.85..0.92); tests/data/vllm_measurements.json holds them and a test
-keeps every prediction within 1% of vLLM's logged KV tokens.
+max_num_seqs 64..1024, utilisation 0.85..0.92) and, for tensor parallelism, 2 start-ups on two H100s
+(tp=2, bf16, auto and fp8 KV cache); tests/data/vllm_measurements.json holds them and a test keeps every
+prediction within 1% of vLLM's logged KV tokens.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ ACT_BYTES = 2  # activations in bf16/fp16
 # --- Calibrated on the H100 measurements (see module docstring); GiB unless named otherwise. ----------
 # Non-torch memory that appears during the profile run (measured 0.22 GiB in every single-GPU start).
 NON_TORCH_GIB = 0.225
-# Extra non-torch memory per rank with tensor parallelism: NCCL allocates its channel buffers lazily at
-# the first collective, which happens inside the profile run. NOT MEASURED (no multi-GPU machine was
-# available); a deliberately generous estimate, so multi-GPU KV predictions lean low.
-NON_TORCH_TP_EXTRA_GIB = 0.5
+# Extra non-torch memory per rank with tensor parallelism: buffers the first collectives allocate inside
+# the profile run. Measured 0.54 GiB non-torch (so +0.315) on both ranks of two H100s (tp=2, bf16 and
+# fp8 KV cache); tp=4 and tp=8 are assumed to add the same.
+NON_TORCH_TP_EXTRA_GIB = 0.315
 # First start (cold compile cache): small tensors alive at the forward's peak besides the MLP
 # intermediates, fitted with COMPILE_EXTRA_GIB below to the cold starts at 2048, 8192 and 16384 tokens.
 ACTIVATION_BASE_GIB = 0.076
@@ -62,18 +63,23 @@ ACTIVATION_BASE_GIB = 0.076
 WARM_HIDDEN_COPIES = 3
 WARM_BASE_GIB = 0.0293
 # First start (cold compile cache): Inductor compiles the graph during the profile forward and keeps
-# ~0.375 GiB more than a warm forward at its peak, and allocates a ~0.98 GiB floor (plus two hidden-size
-# rows per token) even for small batches. Measured: 1.01 GiB cold vs 0.24 GiB warm at 2048 tokens.
+# ~0.375 GiB more than a warm forward at its peak, and allocates a floor (plus two hidden-size rows per
+# token) even for small batches. Measured on one H100: 1.01 GiB cold vs 0.24 GiB warm at 2048 tokens,
+# a floor of 0.979 GiB, which is the size of the rank's embedding matrix (128,256 x 4,096 bf16 =
+# 0.9785 GiB); on two H100s (tp=2, 8192 tokens) the peak was 0.84 GiB, below a tp-independent floor
+# (1.10 GiB), so the floor is taken as the rank's share of the embedding (the vocabulary rows split over
+# tp). The sampler runs after the compiled forward, so the compile extra is not added to it.
 COMPILE_EXTRA_GIB = 0.375
-COMPILE_FLOOR_GIB = 0.979
 # Per decoder layer, kept with the weights: int4 kernels' workspaces and fp8-KV scale buffers (both
 # measured as +0.03 GiB over the tensors' own bytes on 32 layers).
 QUANT_KERNEL_EXTRA_PER_LAYER = 1 * MiB
 FP8_KV_EXTRA_PER_LAYER = 1 * MiB
-# Outside vLLM's budget but on the card: the CUDA context (+ NCCL communicator) before the baseline
-# snapshot (0.51 GiB measured) and the CUDA graphs captured after the KV cache (0.98 GiB measured for
-# Llama-3-8B with graphs up to 512 tokens).
+# Outside vLLM's budget but on the card: the CUDA context (+ NCCL communicators and all-reduce buffers)
+# before the baseline snapshot, and the CUDA graphs captured after the KV cache. Measured on H100s: the
+# context 0.51 GiB with one GPU and 1.47 GiB per rank with tp=2 (assumed the same for tp=4 and 8); graphs
+# 0.98 GiB for Llama-3-8B on one GPU (graphs up to 512 tokens), 0.58-0.72 GiB per rank with tp=2.
 CUDA_CONTEXT_GIB = 0.51
+CUDA_CONTEXT_TP_GIB = 1.47
 CUDA_GRAPH_GIB = 1.0
 
 QuantKind = Literal["none", "awq", "fp8"]
@@ -159,12 +165,16 @@ def _quant_for(model: Architecture | ResolvedModel, quantization: QuantKind) -> 
     raise TrdeployError(f"Unknown quantization '{quantization}'.", hint="Use none, awq or fp8.")
 
 
+def vocab_rows_per_rank(arch: Architecture, tp: int) -> int:
+    """Rows of the embedding (and lm_head) each rank holds: the vocabulary padded to 64, split over tp."""
+    return cdiv(cdiv(arch.vocab_size, VOCAB_PADDING) * VOCAB_PADDING, tp)
+
+
 def weights_breakdown(
     arch: Architecture, gpu: GpuSpec, *, tp: int = 1, quant: QuantConfig | None = None, kv_cache_dtype: str = "auto"
 ) -> dict[str, int]:
     """Per-rank bytes of what "Model loading took" counts, by part."""
-    vocab_rows = cdiv(cdiv(arch.vocab_size, VOCAB_PADDING) * VOCAB_PADDING, tp)
-    embed = vocab_rows * arch.hidden_size * ACT_BYTES
+    embed = vocab_rows_per_rank(arch, tp) * arch.hidden_size * ACT_BYTES
     parts = {
         "embedding": embed,
         "lm_head": 0 if arch.tie_word_embeddings else embed,
@@ -200,17 +210,21 @@ def activation_breakdown(
     s = min(max_num_seqs, t)
     mlp = t * 3 * cdiv(arch.intermediate_size, tp) * ACT_BYTES  # gate_up (2I) + act (I)
     hidden = t * arch.hidden_size * ACT_BYTES
+    # With tp > 1 the row-parallel layers' all-reduce writes a new hidden-size tensor beside its input
+    # (fitted to the one tp=2 measurement: 0.84 GiB at 8192 tokens).
+    allreduce = hidden if tp > 1 else 0
     logits = s * arch.vocab_size * 4  # the sampler's float32 logits over the full (gathered) vocabulary
     if compile_cache == "cold":
         base = ACTIVATION_BASE_GIB * GiB
-        forward = mlp + base
+        forward = mlp + allreduce + base
         sampler = hidden + logits + base
-        compile_floor = COMPILE_FLOOR_GIB * GiB + t * 2 * arch.hidden_size * ACT_BYTES
-        peak = max(max(forward, sampler) + COMPILE_EXTRA_GIB * GiB, compile_floor)
+        embedding = vocab_rows_per_rank(arch, tp) * arch.hidden_size * ACT_BYTES
+        compile_floor = embedding + t * 2 * arch.hidden_size * ACT_BYTES
+        peak = max(forward + COMPILE_EXTRA_GIB * GiB, sampler, compile_floor)
         return {"forward": int(forward), "sampler": int(sampler), "compile_floor": int(compile_floor), "peak": int(peak)}
     if compile_cache == "warm":
         base = WARM_BASE_GIB * GiB
-        forward = mlp + WARM_HIDDEN_COPIES * hidden + base
+        forward = mlp + allreduce + WARM_HIDDEN_COPIES * hidden + base
         sampler = hidden + logits + base
         return {"forward": int(forward), "sampler": int(sampler), "peak": int(max(forward, sampler))}
     raise TrdeployError(f"Unknown compile cache state '{compile_cache}'.", hint="Use cold or warm.")
@@ -218,6 +232,11 @@ def activation_breakdown(
 
 def non_torch_bytes(tp: int) -> int:
     return int((NON_TORCH_GIB + (NON_TORCH_TP_EXTRA_GIB if tp > 1 else 0.0)) * GiB)
+
+
+def cuda_context_gib(tp: int) -> float:
+    """Per rank, in use before vLLM's start-up snapshot (CUDA context, and with tp > 1 NCCL and all-reduce buffers)."""
+    return CUDA_CONTEXT_TP_GIB if tp > 1 else CUDA_CONTEXT_GIB
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +296,7 @@ class KvCachePrediction:
     @property
     def headroom_bytes(self) -> int:
         """What is left on the card after vLLM's budget, the CUDA context and the CUDA graphs."""
-        return int(self.cuda_total_bytes - self.requested_bytes - (CUDA_CONTEXT_GIB + CUDA_GRAPH_GIB) * GiB)
+        return int(self.cuda_total_bytes - self.requested_bytes - (cuda_context_gib(self.tp) + CUDA_GRAPH_GIB) * GiB)
 
     def gib(self, name: str) -> float:
         return getattr(self, name) / GiB
@@ -377,6 +396,6 @@ def predict_kv_cache(
     )
 
 
-def max_gpu_memory_utilization(gpu: GpuSpec) -> float:
+def max_gpu_memory_utilization(gpu: GpuSpec, tp: int = 1) -> float:
     """The highest utilisation vLLM accepts: requested memory must be free at start-up (context excluded)."""
-    return (gpu.cuda_total_bytes - CUDA_CONTEXT_GIB * GiB) / gpu.cuda_total_bytes
+    return (gpu.cuda_total_bytes - cuda_context_gib(tp) * GiB) / gpu.cuda_total_bytes

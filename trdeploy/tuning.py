@@ -24,7 +24,7 @@ from trdeploy.errors import TrdeployError
 from trdeploy.gpus import GiB, GpuSpec, get_gpu
 from trdeploy.latency import LatencyPrediction, predict_latency, step_model
 from trdeploy.memory import (
-    CUDA_CONTEXT_GIB,
+    cuda_context_gib,
     CUDA_GRAPH_GIB,
     KV_BLOCK_SIZE,
     NON_TORCH_TP_EXTRA_GIB,
@@ -216,6 +216,18 @@ def _what_would_fit(model: ResolvedModel, gpu: GpuSpec, plan: _Plan, compile_cac
     return options
 
 
+def _check_utilization(util: float, gpu: GpuSpec, tp: int) -> None:
+    """vLLM refuses to start when the memory it is asked for is not free once the context is up."""
+    top = max_gpu_memory_utilization(gpu, tp)
+    if util > top:
+        where = f"each of {tp} {gpu.tier} GPUs" if tp > 1 else f"a {gpu.tier}"
+        raise TrdeployError(
+            f"--gpu-memory-utilization {util} asks for more than is free on {where} after the CUDA context "
+            f"(at most {top:.3f}); vLLM would refuse to start.",
+            hint="Use 0.9 (vLLM's default) or a little more.",
+        )
+
+
 def _not_fit_error(model: ResolvedModel, gpu: GpuSpec, plan: _Plan, kv: KvCachePrediction, compile_cache: str, gpus_fixed: bool) -> TrdeployError:
     what = f"{model.arch.name} ({plan.quantization if plan.quantization != 'none' else model.arch.torch_dtype})"
     where = f"{plan.tp}x {gpu.tier}" if plan.tp > 1 else f"one {gpu.tier}"
@@ -320,12 +332,7 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
     util = req.gpu_memory_utilization if req.gpu_memory_utilization is not None else DEFAULT_GPU_MEMORY_UTILIZATION
     if not 0 < util <= 1:
         raise TrdeployError(f"--gpu-memory-utilization must be in (0, 1] (got {util}).", hint="vLLM's default is 0.9.")
-    if util > max_gpu_memory_utilization(gpu):
-        raise TrdeployError(
-            f"--gpu-memory-utilization {util} asks for more than is free on a {gpu.tier} after the CUDA context "
-            f"(at most {max_gpu_memory_utilization(gpu):.3f}); vLLM would refuse to start.",
-            hint="Use 0.9 (vLLM's default) or a little more.",
-        )
+    _check_utilization(util, gpu, req.gpus or 1)
     mbt_user = req.max_num_batched_tokens
     seqs_user = req.max_num_seqs
     if mbt_user is not None and mbt_user < 1:
@@ -419,6 +426,7 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
                 break
         if kv is None:
             raise _not_fit_error(model, gpu, base_plan, _predict(model, gpu, base_plan, req.compile_cache), req.compile_cache, gpus_fixed=False)
+        _check_utilization(util, gpu, plan.tp)
 
     # --- Concurrency, replicas, SLA -----------------------------------------------------------------
     typical = prompt_tokens + output_tokens
@@ -483,7 +491,7 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
     if kv.headroom_bytes < 0:
         warnings.append(
             f"gpu_memory_utilization {plan.gpu_memory_utilization} leaves {(kv.cuda_total_bytes - kv.requested_bytes) / GiB:.2f} GiB outside vLLM's budget, "
-            f"less than the CUDA context (~{CUDA_CONTEXT_GIB} GiB) and CUDA graphs (~{CUDA_GRAPH_GIB} GiB, not counted by vLLM 0.25): "
+            f"less than the CUDA context (~{cuda_context_gib(plan.tp)} GiB) and CUDA graphs (~{CUDA_GRAPH_GIB} GiB, not counted by vLLM 0.25): "
             "start-up may run out of memory while capturing graphs. Lower it."
         )
 
@@ -611,9 +619,11 @@ def _standard_assumptions(gpu: GpuSpec, plan: _Plan, compile_cache: str) -> list
     ]
     if plan.tp > 1:
         out.append(
-            f"Tensor parallelism {plan.tp}: per-GPU weights, KV heads and activations are split as vLLM splits them; the extra non-torch "
-            f"memory per GPU (NCCL buffers, assumed {NON_TORCH_TP_EXTRA_GIB} GiB) and all-reduce times are estimates not yet checked on "
-            "multi-GPU hardware."
+            f"Tensor parallelism {plan.tp}: per-GPU weights, KV heads and activations are split as vLLM splits them; the extra memory "
+            f"per GPU (NCCL and all-reduce buffers: {NON_TORCH_TP_EXTRA_GIB} GiB in vLLM's budget, {cuda_context_gib(plan.tp)} GiB of context) "
+            "was measured with 2 GPUs (H100, Llama-3-8B, first start)"
+            + (" and is assumed the same for more" if plan.tp > 2 else "")
+            + "; all-reduce times are estimates not yet measured."
         )
     if plan.kv_cache_dtype != "auto" and gpu.architecture == "ampere":
         out.append("fp8 KV cache on Ampere: vLLM uses an attention backend that stores fp8 and dequantizes (FlashAttention 3's fp8 path is Hopper-only).")
