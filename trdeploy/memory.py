@@ -165,16 +165,16 @@ def _quant_for(model: Architecture | ResolvedModel, quantization: QuantKind) -> 
     raise TrdeployError(f"Unknown quantization '{quantization}'.", hint="Use none, awq or fp8.")
 
 
-def vocab_rows_per_rank(arch: Architecture, tp: int) -> int:
-    """Rows of the embedding (and lm_head) each rank holds: the vocabulary padded to 64, split over tp."""
-    return cdiv(cdiv(arch.vocab_size, VOCAB_PADDING) * VOCAB_PADDING, tp)
+def embedding_bytes(arch: Architecture, tp: int) -> int:
+    """One rank's embedding (or lm_head): the vocabulary padded to 64 rows, split over tp, x hidden in 16-bit."""
+    return cdiv(cdiv(arch.vocab_size, VOCAB_PADDING) * VOCAB_PADDING, tp) * arch.hidden_size * ACT_BYTES
 
 
 def weights_breakdown(
     arch: Architecture, gpu: GpuSpec, *, tp: int = 1, quant: QuantConfig | None = None, kv_cache_dtype: str = "auto"
 ) -> dict[str, int]:
     """Per-rank bytes of what "Model loading took" counts, by part."""
-    embed = vocab_rows_per_rank(arch, tp) * arch.hidden_size * ACT_BYTES
+    embed = embedding_bytes(arch, tp)
     parts = {
         "embedding": embed,
         "lm_head": 0 if arch.tie_word_embeddings else embed,
@@ -218,8 +218,7 @@ def activation_breakdown(
         base = ACTIVATION_BASE_GIB * GiB
         forward = mlp + allreduce + base
         sampler = hidden + logits + base
-        embedding = vocab_rows_per_rank(arch, tp) * arch.hidden_size * ACT_BYTES
-        compile_floor = embedding + t * 2 * arch.hidden_size * ACT_BYTES
+        compile_floor = embedding_bytes(arch, tp) + 2 * hidden
         peak = max(forward + COMPILE_EXTRA_GIB * GiB, sampler, compile_floor)
         return {"forward": int(forward), "sampler": int(sampler), "compile_floor": int(compile_floor), "peak": int(peak)}
     if compile_cache == "warm":
