@@ -505,7 +505,7 @@ def plan_bench(
         raise TrdeployError("--http-client raw speaks plain http:// only.", hint="Use --http-client httpx (or auto) for https://.")
     if warmup < 0:
         raise TrdeployError(f"--warmup must be 0 or more (got {warmup}).", hint="Requests sent before measuring.")
-    if not (gauge_interval_s == 0 or gauge_interval_s >= 0.1) or math.isnan(gauge_interval_s):
+    if not (gauge_interval_s == 0 or gauge_interval_s >= 0.1):  # also refuses NaN
         raise TrdeployError(f"--gauge-interval must be 0 (off) or at least 0.1 s (got {gauge_interval_s}).", hint="E.g. --gauge-interval 5.")
     sampling = Sampling(max_tokens=output_tokens, ignore_eos=ignore_eos, min_tokens=min_tokens, temperature=temperature, extra_body=extra)
     endpoint = Endpoint(base_url=base_url, api=api, model=model or "", api_key=api_key or None, timeout_s=timeout_s, v1_prefix=v1)  # type: ignore[arg-type]

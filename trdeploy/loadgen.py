@@ -640,15 +640,23 @@ async def run_load(
             if on_done is not None:
                 on_done(result)
 
-    async def worker() -> None:
+    def claim() -> tuple[int, float]:
+        """The next request's index and its send time, recorded for the dispatch span."""
         nonlocal index, first_sent, last_sent
+        i, arrival = index, time.perf_counter()
+        index += 1
+        first_sent = arrival if first_sent is None else first_sent
+        last_sent = arrival
+        return i, arrival
+
+    def spawn(coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def worker() -> None:
         while may_send():
-            i = index
-            index += 1
-            arrival = time.perf_counter()
-            first_sent = arrival if first_sent is None else first_sent
-            last_sent = arrival
-            await one(i, arrival, use_sem=False)
+            await one(*claim(), use_sem=False)
 
     async def wait_stop(seconds: float) -> bool:
         """Sleep `seconds` unless stopped first; True when stopped."""
@@ -664,9 +672,7 @@ async def run_load(
         if spec.closed_loop and spec.concurrency:
             slots = spec.concurrency if spec.num_requests is None else min(spec.concurrency, spec.num_requests)
             for _ in range(slots):
-                task = asyncio.create_task(worker())
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                spawn(worker())
         else:
             offsets = arrival_offsets(spec, rng)
             while may_send():
@@ -677,13 +683,7 @@ async def run_load(
                         break
                     if await wait_stop(target - (time.perf_counter() - t0)):
                         break
-                arrival = time.perf_counter()
-                first_sent = arrival if first_sent is None else first_sent
-                last_sent = arrival
-                task = asyncio.create_task(one(index, arrival, use_sem=True))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                index += 1
+                spawn(one(*claim(), use_sem=True))
         # Let the requests in flight (and the workers) finish, unless stopped: then cancel them.
         while tasks:
             if stop.is_set():

@@ -78,7 +78,7 @@ EVAL_BATCH_GPU = 8
 GIB = 1024**3
 # Memory estimate factors (see estimate_memory), fitted to the measured 8B run.
 CPU_WEIGHT_COPIES = 2.5
-GPU_HIDDEN_COPIES = 10
+AWQ_HIDDEN_COPIES = 10
 
 INSTALL_HINT = "Install the quantization extra: pip install 'trdeploy[quantize]' (install the torch build for your machine first)."
 
@@ -195,10 +195,10 @@ def estimate_memory(facts: ModelFacts, *, num_samples: int, max_seq_len: int, ev
     cpu = int(facts.parameter_bytes * CPU_WEIGHT_COPIES + 2 * hidden_cache + 2 * GIB)
     if not cuda:
         # On the CPU, AWQ's own caches live in RAM too.
-        cpu += GPU_HIDDEN_COPIES * hidden_cache
+        cpu += AWQ_HIDDEN_COPIES * hidden_cache
         return MemoryEstimate(cpu_bytes=cpu, gpu_bytes=None)
     eval_logits = EVAL_BATCH_GPU * eval_seq_len * facts.vocab_size * facts.dtype_bytes + 2 * eval_seq_len * facts.vocab_size * 4
-    gpu = int(2 * facts.layer_bytes + facts.embedding_bytes + GPU_HIDDEN_COPIES * hidden_cache + eval_logits + GIB)
+    gpu = int(2 * facts.layer_bytes + facts.embedding_bytes + AWQ_HIDDEN_COPIES * hidden_cache + eval_logits + GIB)
     return MemoryEstimate(cpu_bytes=cpu, gpu_bytes=gpu)
 
 
