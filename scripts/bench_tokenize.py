@@ -33,13 +33,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trdeploy.corpora import open_corpus  # noqa: E402
-from trdeploy.inflation import measure, summarize  # noqa: E402
-from trdeploy.tokenizers import HFTokenizer, TiktokenTokenizer, load_tokenizer, worker_threads  # noqa: E402
+from trdeploy.text.corpora import open_corpus  # noqa: E402
+from trdeploy.text.inflation import measure, summarize  # noqa: E402
+from trdeploy.text.tokenizers import HFTokenizer, TiktokenTokenizer, load_tokenizer, worker_threads  # noqa: E402
 
 
 def build_corpus(path: Path, size_mb: float, seed: int = 0) -> None:
-    from trdeploy.embedded import calibration_conversations, embedded_pairs
+    from trdeploy.text.embedded import calibration_conversations, embedded_pairs
 
     lines = [p.tr for p in embedded_pairs()]
     for conv in calibration_conversations():
@@ -64,7 +64,7 @@ def llama3_tokenizer_json(folder: Path) -> Path:
     from llama_models.llama3.tokenizer import Tokenizer as Meta3
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    from trdeploy.tokenizers import builtin_model_path
+    from trdeploy.text.tokenizers import builtin_model_path
 
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / "tokenizer.json"

@@ -85,7 +85,7 @@ def build_fast_tokenizer():
 def turkish_texts() -> list[str]:
     texts = list(SAMPLE_TR)
     try:
-        from trdeploy.embedded import calibration_conversations, embedded_pairs
+        from trdeploy.text.embedded import calibration_conversations, embedded_pairs
 
         texts += [p.tr for p in embedded_pairs()]
         texts += [m["content"] for c in calibration_conversations() for m in c["messages"]]

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trdeploy.tuning import TuneRequest, tune  # noqa: E402
+from trdeploy.sizing.tuning import TuneRequest, tune  # noqa: E402
 
 RECIPES_DIR = ROOT / "recipes"
 

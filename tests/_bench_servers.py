@@ -37,7 +37,7 @@ SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end
 
 
 def _turkish_text() -> list[str]:
-    from trdeploy.embedded import calibration_conversations, embedded_pairs
+    from trdeploy.text.embedded import calibration_conversations, embedded_pairs
 
     lines = [p.tr for p in embedded_pairs()]
     for conv in calibration_conversations():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from trdeploy.embedded import embedded_pairs  # noqa: E402
+from trdeploy.text.embedded import embedded_pairs  # noqa: E402
 
 
 class _Codec:
@@ -35,7 +35,7 @@ class _Codec:
             self.encode = lambda text: tok.encode(text, add_special_tokens=False).ids
             self.decode = lambda ids: tok.decode(ids)
         else:
-            from trdeploy.tokenizers import load_tokenizer
+            from trdeploy.text.tokenizers import load_tokenizer
 
             encoding = load_tokenizer("llama3").encoding  # tiktoken, as llama-models ships it
             self.encode, self.decode = encoding.encode_ordinary, encoding.decode

@@ -75,7 +75,7 @@ fi
 REHEARSAL=$REHEARSAL "$PY" - <<'PY' || { echo "the quantize stack does not import: see above"; exit 1; }
 import importlib.metadata as md, os, sys
 os.environ["LLM_COMPRESSOR_LOG_DISABLED"] = "true"
-import torch, transformers, compressed_tensors, datasets, llmcompressor, trdeploy.quantization
+import torch, transformers, compressed_tensors, datasets, llmcompressor, trdeploy.quant.quantization
 want = {"compressed-tensors": "0.19.0", "llmcompressor": "0.14.0.1"}
 for name in ("torch", "transformers", "accelerate", "llmcompressor", "compressed-tensors", "datasets", "huggingface-hub", "pyarrow", "pydantic"):
     print(f"  {name} {md.version(name)}")

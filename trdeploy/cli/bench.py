@@ -1,4 +1,4 @@
-"""`trdeploy bench`: parse options, call trdeploy.benchmark, print (thin)."""
+"""`trdeploy bench`: parse options, call trdeploy.bench.benchmark, print (thin)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def bench(
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    from trdeploy.benchmark import load_label, plan_bench, plot_png, run_bench
+    from trdeploy.bench.benchmark import load_label, plan_bench, plot_png, run_bench
 
     for path in (output, plot):
         if path is not None:
@@ -169,7 +169,7 @@ def render(console: Console, report: dict[str, Any], output: Path | None, plot: 
 
 
 def _render_run(console: Console, run: dict[str, Any], pcts: list[float], title_load: bool) -> None:
-    from trdeploy.metrics import percentile_key
+    from trdeploy.bench.metrics import percentile_key
 
     table = Table(title=f"Latency, {run['label']}" if title_load else "Latency", title_justify="left")
     table.add_column("metric")

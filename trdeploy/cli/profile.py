@@ -78,9 +78,9 @@ def profile(
     special tokens. --corpus text is taken as Turkish; --parallel and --parallel-tsv also give the
     premium (Turkish tokens over English tokens of the same content) with a bootstrap 95% interval.
     """
-    from trdeploy.corpora import embedded_corpus, open_corpus, parallel_corpus, parallel_tsv_corpus
-    from trdeploy.inflation import measure, summarize
-    from trdeploy.tokenizers import load_tokenizer
+    from trdeploy.text.corpora import embedded_corpus, open_corpus, parallel_corpus, parallel_tsv_corpus
+    from trdeploy.text.inflation import measure, summarize
+    from trdeploy.text.tokenizers import load_tokenizer
 
     chosen = [name for name, value in (("--corpus", corpus), ("--parallel", parallel), ("--parallel-tsv", parallel_tsv)) if value]
     if len(chosen) > 1:
@@ -126,7 +126,7 @@ def profile(
     for message in source.warnings:
         warn(message)
 
-    from trdeploy.inflation import BOOTSTRAP_MAX_UNITS, WORD_DEFINITION
+    from trdeploy.text.inflation import BOOTSTRAP_MAX_UNITS, WORD_DEFINITION
 
     report: dict[str, Any] = {
         "corpus": source.describe(),

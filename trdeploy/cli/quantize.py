@@ -15,7 +15,7 @@ from rich.table import Table
 from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt
 from trdeploy.errors import TrdeployError
 from trdeploy.output import emit, err_console, progress, warn
-from trdeploy.quantization import (
+from trdeploy.quant.quantization import (
     DEFAULT_EVAL_SEQ_LEN,
     DEFAULT_EVAL_TOKENS,
     DEFAULT_MAX_PPL_INCREASE_PCT,
@@ -120,7 +120,7 @@ def quantize(
     """
     if output is None:
         raise TrdeployError("Missing the output folder.", hint="Pass -o OUT, e.g. `trdeploy quantize MODEL -o MODEL-awq`.")
-    from trdeploy.quantization import quantize as run
+    from trdeploy.quant.quantization import quantize as run
 
     request = QuantizeRequest(
         model=model,

@@ -76,8 +76,8 @@ def tune(
 
         trdeploy tune --gpu a100-80gb --model ./my-turkish-llama --max-model-len 16384 --kv-cache-dtype fp8 --json
     """
-    from trdeploy.tuning import TuneRequest
-    from trdeploy.tuning import tune as run_tune
+    from trdeploy.sizing.tuning import TuneRequest
+    from trdeploy.sizing.tuning import tune as run_tune
 
     if output is not None:
         ensure_writable(output, force=force)

@@ -1,6 +1,6 @@
 """`trdeploy bench` core: metric formulas, word counting, bounded stores, SSE/HTTP parsing, arrivals, validation.
 
-No server here; tests/test_bench_e2e.py runs the command against real servers.
+No server here; tests/bench/test_bench_e2e.py runs the command against real servers.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
-from trdeploy.benchmark import parse_prometheus, parse_sweep, plan_bench, server_metrics_delta
-from trdeploy.embedded import embedded_pairs
+from trdeploy.bench.benchmark import parse_prometheus, parse_sweep, plan_bench, server_metrics_delta
+from trdeploy.text.embedded import embedded_pairs
 from trdeploy.errors import TrdeployError
-from trdeploy.loadgen import LoadSpec, SSEParser, _chunk_text, _Dechunker, arrival_offsets
-from trdeploy.metrics import (
+from trdeploy.bench.loadgen import LoadSpec, SSEParser, _chunk_text, _Dechunker, arrival_offsets
+from trdeploy.bench.metrics import (
     STATUS_CANCELLED,
     STATUS_FAILED,
     ItlBuffer,
@@ -332,7 +332,7 @@ def test_the_bench_path_imports_only_what_a_bare_gpu_machine_has() -> None:
     are installed: no heavy or optional package may be imported by the CLI or the bench modules."""
     code = (
         "import sys\n"
-        "import trdeploy.cli, trdeploy.cli.bench, trdeploy.benchmark, trdeploy.loadgen, trdeploy.metrics\n"
+        "import trdeploy.cli, trdeploy.cli.bench, trdeploy.bench.benchmark, trdeploy.bench.loadgen, trdeploy.bench.metrics\n"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -40,9 +40,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from trdeploy.architectures import Architecture, QuantConfig, ResolvedModel, VOCAB_PADDING
+from trdeploy.sizing.architectures import Architecture, QuantConfig, ResolvedModel, VOCAB_PADDING
 from trdeploy.errors import TrdeployError
-from trdeploy.gpus import GiB, MiB, GpuSpec
+from trdeploy.sizing.gpus import GiB, MiB, GpuSpec
 
 KV_BLOCK_SIZE = 16  # vLLM CacheConfig.DEFAULT_BLOCK_SIZE on CUDA
 ACT_BYTES = 2  # activations in bf16/fp16

@@ -42,8 +42,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from trdeploy.architectures import Architecture
-from trdeploy.gpus import GpuSpec
+from trdeploy.sizing.architectures import Architecture
+from trdeploy.sizing.gpus import GpuSpec
 
 STEP_OVERHEAD_MS = 1.15
 PER_SEQUENCE_MS = 0.008

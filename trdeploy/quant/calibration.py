@@ -2,12 +2,12 @@
 
 Calibration (what AWQ looks at to pick its scales):
 - the embedded default: Turkish chat conversations written for this project
-  (`trdeploy.embedded.calibration_conversations()`), rendered through the model's chat template;
+  (`trdeploy.text.embedded.calibration_conversations()`), rendered through the model's chat template;
 - `--dataset`: a local JSONL / JSON / Parquet file (or a folder of them), or a Hugging Face hub
   dataset, with either a text column or OpenAI-style `messages`.
 
 Evaluation (held out, never calibrated on): the Turkish side of the embedded parallel corpus
-(`trdeploy.embedded.embedded_pairs()`), joined and cut into fixed-length windows.
+(`trdeploy.text.embedded.embedded_pairs()`), joined and cut into fixed-length windows.
 
 Records are plain dicts. Loading is I/O; selecting and rendering are deterministic functions of
 (records, tokenizer, options), so the same inputs always calibrate on the same tokens.
@@ -103,7 +103,7 @@ def load_calibration_records(
 ) -> CalibrationRecords:
     """Read calibration rows from the embedded default, a local file/folder, or a hub dataset."""
     if dataset is None or dataset == EMBEDDED:
-        from trdeploy.embedded import calibration_conversations
+        from trdeploy.text.embedded import calibration_conversations
 
         convs = calibration_conversations()
         rows = [c["messages"] for c in convs]
@@ -179,7 +179,7 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_hub(name: str, *, split: str, config_name: str | None) -> list[dict[str, Any]]:
-    from trdeploy.corpora import load_hub_dataset
+    from trdeploy.text.corpora import load_hub_dataset
 
     return [dict(r) for r in load_hub_dataset(name, config_name, split, streaming=False)]
 
@@ -305,7 +305,7 @@ def _encode_row(row: Any, kind: Kind, tokenizer: Any) -> list[int]:
 
 def evaluation_texts() -> list[str]:
     """The held-out Turkish evaluation text: the Turkish side of the embedded parallel corpus."""
-    from trdeploy.embedded import embedded_pairs
+    from trdeploy.text.embedded import embedded_pairs
 
     return [p.tr for p in embedded_pairs() if p.tr.strip()]
 

@@ -109,7 +109,7 @@ class ResolvedModel:
     quant: QuantConfig | None = None
     checkpoint_bytes: int | None = None  # safetensors total, when known
     checkpoint_params: int | None = None  # from the safetensors headers of an unquantized checkpoint
-    tokenizer: str = "llama3"  # spec for trdeploy.tokenizers.load_tokenizer
+    tokenizer: str = "llama3"  # spec for trdeploy.text.tokenizers.load_tokenizer
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property

@@ -6,7 +6,7 @@ Steps (each a pure function of typed values except `context_tokens_per_word`, wh
 3. tensor parallelism: given, or the fewest GPUs on which vLLM starts (one max_model_len request fits);
 4. engine arguments: vLLM's own defaults for the GPU where the user gives none; max_num_seqs follows the
    planned concurrency and what the KV cache holds;
-5. predictions: the memory accounting (trdeploy.memory) and the latency model (trdeploy.latency) at the
+5. predictions: the memory accounting (trdeploy.sizing.memory) and the latency model (trdeploy.sizing.latency) at the
    planned per-replica concurrency; replicas for the traffic target; the SLA and the highest concurrency
    at which it holds.
 """
@@ -18,12 +18,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from trdeploy.architectures import ResolvedModel, resolve_model
+from trdeploy.sizing.architectures import ResolvedModel, resolve_model
 from trdeploy.deployment import SLA, DeploymentProfile, EngineArgs, GpuInfo, ModelInfo, Prediction, Workload
 from trdeploy.errors import TrdeployError
-from trdeploy.gpus import GiB, GpuSpec, get_gpu
-from trdeploy.latency import LatencyPrediction, predict_latency, step_model
-from trdeploy.memory import (
+from trdeploy.sizing.gpus import GiB, GpuSpec, get_gpu
+from trdeploy.sizing.latency import LatencyPrediction, predict_latency, step_model
+from trdeploy.sizing.memory import (
     cuda_context_gib,
     CUDA_GRAPH_GIB,
     KV_BLOCK_SIZE,
@@ -103,17 +103,17 @@ class TuneResult:
 def context_tokens_per_word(tokenizer_spec: str, corpus: str | None, percentile: float) -> tuple[float, str]:
     """Tokens per Turkish word at `percentile` (per document) on the model's tokenizer: the embedded
     parallel corpus's Turkish side, or the user's corpus. Returns (value, where it came from)."""
-    from trdeploy.inflation import tokens_per_word
-    from trdeploy.tokenizers import load_tokenizer
+    from trdeploy.text.inflation import tokens_per_word
+    from trdeploy.text.tokenizers import load_tokenizer
 
     tok = load_tokenizer(tokenizer_spec)
     if corpus:
-        from trdeploy.corpora import iter_documents, open_corpus
+        from trdeploy.text.corpora import iter_documents, open_corpus
 
         texts = list(iter_documents(open_corpus(corpus, limit=50_000)))
         source = f"{corpus} ({len(texts)} documents)"
     else:
-        from trdeploy.embedded import embedded_pairs
+        from trdeploy.text.embedded import embedded_pairs
 
         texts = [p.tr for p in embedded_pairs()]
         source = f"the embedded Turkish corpus ({len(texts)} documents)"
@@ -161,7 +161,7 @@ def _fit_line(kv: KvCachePrediction) -> str:
 
 def _what_would_fit(model: ResolvedModel, gpu: GpuSpec, plan: _Plan, compile_cache: str, gpus_fixed: bool) -> list[str]:
     """Concrete alternatives that make vLLM start, cheapest first within each kind of change, with numbers."""
-    from trdeploy.gpus import GPUS
+    from trdeploy.sizing.gpus import GPUS
 
     can_awq = plan.quantization == "none" and model.quant is None
     quants = [plan.quantization] + (["awq"] if can_awq else [])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from trdeploy.architectures import PRESETS, Architecture
+from trdeploy.sizing.architectures import PRESETS, Architecture
 from trdeploy.errors import TrdeployError
-from trdeploy.gpus import GiB, MiB, get_gpu
-from trdeploy.memory import (
+from trdeploy.sizing.gpus import GiB, MiB, get_gpu
+from trdeploy.sizing.memory import (
     activation_breakdown,
     check_tp,
     kv_bytes_per_token,
@@ -22,7 +22,7 @@ from trdeploy.memory import (
     weights_breakdown,
 )
 
-MEASUREMENTS = Path(__file__).parent / "data" / "vllm_measurements.json"
+MEASUREMENTS = Path(__file__).resolve().parents[1] / "data" / "vllm_measurements.json"
 L8, L70, L1 = PRESETS["llama-3-8b"], PRESETS["llama-3-70b"], PRESETS["llama-3.2-1b"]
 H100 = get_gpu("h100")
 
@@ -100,7 +100,7 @@ def test_weights_bf16_match_the_checkpoint_and_split_over_ranks():
 
 
 def test_awq_weights_machete_on_hopper_marlin_elsewhere():
-    from trdeploy.architectures import QuantConfig
+    from trdeploy.sizing.architectures import QuantConfig
 
     q = QuantConfig(kind="awq", method="awq", bits=4, group_size=128, zero_point=True)
     ada = weights_breakdown(L8, get_gpu("l40s"), quant=q)
@@ -178,7 +178,7 @@ def test_tensor_parallel_forward_keeps_the_all_reduce_output():
 
 
 def test_tensor_parallel_context_lowers_the_highest_utilisation():
-    from trdeploy.memory import cuda_context_gib, max_gpu_memory_utilization
+    from trdeploy.sizing.memory import cuda_context_gib, max_gpu_memory_utilization
 
     assert cuda_context_gib(1) == 0.51 and cuda_context_gib(2) == 1.47
     # vLLM on two H100s logged 77.71 of 79.18 GiB free per rank at start-up: it refuses more than 0.981.

@@ -558,7 +558,7 @@ def _read_parallel_tsv(corpus: Corpus, tr_column: int | None, en_column: int | N
 
 
 def _read_embedded(corpus: Corpus) -> Iterator[DocumentBatch]:
-    from trdeploy.embedded import embedded_pairs
+    from trdeploy.text.embedded import embedded_pairs
 
     pairs = embedded_pairs()
     if not pairs:
@@ -592,8 +592,8 @@ def _check_limit(limit: int | None) -> None:
 
 
 def embedded_corpus(*, limit: int | None = None) -> Corpus:
-    """The embedded Turkish-English parallel corpus (trdeploy.embedded.embedded_pairs())."""
-    from trdeploy.embedded import embedded_pairs
+    """The embedded Turkish-English parallel corpus (trdeploy.text.embedded.embedded_pairs())."""
+    from trdeploy.text.embedded import embedded_pairs
 
     _check_limit(limit)
     total = float(min(len(embedded_pairs()), limit or len(embedded_pairs())))

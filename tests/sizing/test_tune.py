@@ -12,15 +12,15 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
-from trdeploy.architectures import PRESETS
+from trdeploy.sizing.architectures import PRESETS
 from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
-from trdeploy.gpus import GPUS, get_gpu
-from trdeploy.latency import predict_latency, step_model
-from trdeploy.memory import predict_kv_cache
-from trdeploy.tuning import TuneRequest, tune
+from trdeploy.sizing.gpus import GPUS, get_gpu
+from trdeploy.sizing.latency import predict_latency, step_model
+from trdeploy.sizing.memory import predict_kv_cache
+from trdeploy.sizing.tuning import TuneRequest, tune
 
-MEASUREMENTS = Path(__file__).parent / "data" / "vllm_measurements.json"
+MEASUREMENTS = Path(__file__).resolve().parents[1] / "data" / "vllm_measurements.json"
 
 
 def _json(proc) -> dict:
@@ -62,9 +62,9 @@ def test_tune_gpu_h100_alone_works_offline_and_fast(tmp_path):
 
 
 def test_context_words_use_the_profile_tokens_per_word():
-    from trdeploy.embedded import embedded_pairs
-    from trdeploy.inflation import tokens_per_word
-    from trdeploy.tokenizers import load_tokenizer
+    from trdeploy.text.embedded import embedded_pairs
+    from trdeploy.text.inflation import tokens_per_word
+    from trdeploy.text.tokenizers import load_tokenizer
 
     expected = tokens_per_word(load_tokenizer("llama3"), [p.tr for p in embedded_pairs()], 95.0)
     result = tune(TuneRequest(gpu="h100", context_words=1500, output_tokens=200))

@@ -1,8 +1,8 @@
 """`trdeploy bench`: measure a live OpenAI-compatible endpoint against the SLA.
 
 `plan_bench(...)` turns options (and the DeploymentProfile, when given) into a `BenchPlan`;
-`run_bench(plan)` runs each load level with the load generator (trdeploy.loadgen), scrapes the
-server's Prometheus /metrics around it, computes the metrics (trdeploy.metrics) and the verdict, and
+`run_bench(plan)` runs each load level with the load generator (trdeploy.bench.loadgen), scrapes the
+server's Prometheus /metrics around it, computes the metrics (trdeploy.bench.metrics) and the verdict, and
 returns the report: a dict with stable keys, the same one `--json` prints and `-o` writes.
 
 Only the standard library, httpx, numpy, rich, pydantic and pyyaml are imported on this path, so the
@@ -31,8 +31,8 @@ import numpy as np
 
 from trdeploy import __version__
 from trdeploy.errors import TrdeployError
-from trdeploy.loadgen import Api, Endpoint, LoadSpec, PromptSource, RunStats, Sampling, make_client, run_load
-from trdeploy.metrics import WORD_PATTERN, RequestResult, ResultStore, SlaTargets, evaluate_sla, summarize
+from trdeploy.bench.loadgen import Api, Endpoint, LoadSpec, PromptSource, RunStats, Sampling, make_client, run_load
+from trdeploy.bench.metrics import WORD_PATTERN, RequestResult, ResultStore, SlaTargets, evaluate_sla, summarize
 
 SCHEMA_VERSION = 1
 DEFAULT_URL = "http://localhost:8000"
@@ -124,7 +124,7 @@ def _normalize_message(m: dict[str, Any], where: str) -> dict[str, str]:
 def embedded_prompts(kind: str, api: Api, *, seed: int) -> ListPrompts:
     """The Turkish prompts that ship with trdeploy: the parallel corpus's Turkish side (`corpus`), or
     the calibration conversations cut at each user turn (`conversations`, chat only)."""
-    from trdeploy.embedded import calibration_conversations, embedded_pairs
+    from trdeploy.text.embedded import calibration_conversations, embedded_pairs
 
     if kind == "embedded":
         kind = "conversations" if api == "chat" else "corpus"
@@ -184,7 +184,7 @@ _DATASET_FIELDS = ("messages", "conversations", "conversation", "prompt", "text"
 
 def dataset_prompts(dataset: str, split: str, field_name: str | None, api: Api, *, seed: int, limit: int) -> ListPrompts:
     """Prompts from a Hugging Face dataset (a hub id, or a local folder of data files)."""
-    from trdeploy.corpora import load_hub_dataset  # noqa: PLC0415 - `datasets` is optional and heavy
+    from trdeploy.text.corpora import load_hub_dataset  # noqa: PLC0415 - `datasets` is optional and heavy
 
     ds = load_hub_dataset(dataset, None, split, streaming=False)
     columns = list(ds.column_names)

@@ -37,7 +37,7 @@ from urllib.request import getproxies, proxy_bypass
 import httpx
 import numpy as np
 
-from trdeploy.metrics import (
+from trdeploy.bench.metrics import (
     STATUS_CANCELLED,
     STATUS_FAILED,
     STATUS_OK,

@@ -38,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from trdeploy.calibration import (
+from trdeploy.quant.calibration import (
     CalibrationSet,
     EvaluationSet,
     evaluation_texts,

@@ -6,7 +6,7 @@ Definitions (one for every number the profile reports):
   such runs joins them. So "Ankara'ya", "TL'ye", "2024'te" and "don't" are one word each;
   "e-posta" is two; punctuation, symbols and emoji are not words. Case is kept.
 - *Characters* are Unicode code points (Python ``len``).
-- *Tokens* are the tokenizer's own encode without special tokens (see trdeploy.tokenizers).
+- *Tokens* are the tokenizer's own encode without special tokens (see trdeploy.text.tokenizers).
 - The *premium* is Turkish tokens over English tokens of the same content (ratio of sums over all
   pairs). Its 95% interval is a seeded percentile bootstrap over documents (pairs resampled with
   replacement, ratio of sums per resample); above `BOOTSTRAP_MAX_UNITS` pairs, contiguous blocks of
@@ -40,8 +40,8 @@ except ImportError:  # pragma: no cover - other Python implementations
 
 
 if TYPE_CHECKING:
-    from trdeploy.corpora import DocumentBatch
-    from trdeploy.tokenizers import Tokenizer
+    from trdeploy.text.corpora import DocumentBatch
+    from trdeploy.text.tokenizers import Tokenizer
 
 _WORD_CHARS = r"[\w\u0300-\u036f]"
 WORD_PATTERN = re.compile(rf"{_WORD_CHARS}+(?:['’]{_WORD_CHARS}+)*")
@@ -230,7 +230,7 @@ def measure(
     stays bounded on any corpus size. `word_frequencies=False` skips counting Turkish word
     frequencies (only the fragmented-words list needs them).
     """
-    from trdeploy.tokenizers import _thread_pool, worker_threads
+    from trdeploy.text.tokenizers import _thread_pool, worker_threads
 
     result = Measurements(parallel=parallel)
     for i in range(len(tokenizers)):

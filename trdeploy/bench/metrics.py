@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from trdeploy.inflation import WORD_PATTERN
+from trdeploy.text.inflation import WORD_PATTERN
 
-# Words are counted as `trdeploy profile` counts them (trdeploy.inflation.WORD_PATTERN: runs of letters,
+# Words are counted as `trdeploy profile` counts them (trdeploy.text.inflation.WORD_PATTERN: runs of letters,
 # digits and combining marks, an apostrophe joining suffixes, so "Ankara'ya" is one word).
 _WORD_RE = WORD_PATTERN
 _MAX_WORD_CARRY = 512

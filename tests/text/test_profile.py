@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from trdeploy.corpora import BATCH_BYTES, open_corpus, parallel_corpus
+from trdeploy.text.corpora import BATCH_BYTES, open_corpus, parallel_corpus
 from trdeploy.errors import TrdeployError
-from trdeploy.inflation import (
+from trdeploy.text.inflation import (
     bootstrap_ratio_ci,
     count_words,
     find_words,
@@ -26,9 +26,9 @@ from trdeploy.inflation import (
     summarize,
     tokens_per_word,
 )
-from trdeploy.tokenizers import builtin_model_path, load_tokenizer
+from trdeploy.text.tokenizers import builtin_model_path, load_tokenizer
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
 
@@ -228,7 +228,7 @@ def test_hub_error_messages():
     import httpx
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    from trdeploy.tokenizers import _hub_error
+    from trdeploy.text.tokenizers import _hub_error
 
     response = httpx.Response(401, request=httpx.Request("GET", "https://huggingface.co/api/models/meta-llama/x"))
     gated = _hub_error("meta-llama/x", GatedRepoError("gated", response=response))
@@ -242,7 +242,7 @@ def test_hub_error_messages():
 
 
 def test_default_profile_is_llama3_on_embedded_corpus(meta3):
-    from trdeploy.embedded import embedded_pairs
+    from trdeploy.text.embedded import embedded_pairs
 
     pairs = embedded_pairs()
     data = profile_json()

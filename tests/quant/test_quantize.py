@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli
-from trdeploy.calibration import (
+from trdeploy.quant.calibration import (
     evaluation_texts,
     load_calibration_records,
     records_from_table,
@@ -25,7 +25,7 @@ from trdeploy.calibration import (
     render_evaluation,
 )
 from trdeploy.errors import TrdeployError
-from trdeploy.quantization import (
+from trdeploy.quant.quantization import (
     GIB,
     REPORT_NAME,
     ModelFacts,
@@ -63,7 +63,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from trdeploy.embedded import calibration_conversations
+    from trdeploy.text.embedded import calibration_conversations
 
     texts = evaluation_texts() + [m["content"] for c in calibration_conversations() for m in c["messages"]]
     bpe = Tokenizer(models.BPE())
@@ -128,7 +128,7 @@ def cosine(a, b) -> float:
 
 
 def run_quantize(**kwargs):
-    from trdeploy.quantization import quantize
+    from trdeploy.quant.quantization import quantize
 
     return quantize(QuantizeRequest(**kwargs))
 
@@ -286,7 +286,7 @@ def test_sigterm_whose_interrupt_was_swallowed_still_writes_nothing(tmp_path, ti
             super().stage(description, total)
 
     out = tmp_path / "out"
-    from trdeploy.quantization import quantize
+    from trdeploy.quant.quantization import quantize
 
     request = QuantizeRequest(model=str(tiny_llama), output=out, num_samples=8, max_seq_len=128, eval_tokens=1024)
     with pytest.raises(KeyboardInterrupt):
@@ -305,7 +305,7 @@ def test_text_parquet_dataset_and_awq_gemm_format(tmp_path, tokenizer_dir):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from trdeploy.quantization import load_awq_gemm_reference
+    from trdeploy.quant.quantization import load_awq_gemm_reference
 
     model = make_llama(tmp_path / "plain", tokenizer_dir, chat_template=False, seed=1)
     texts = [t for t in evaluation_texts()[::-1] if len(t) > 60][:12]
@@ -507,7 +507,7 @@ def test_local_dataset_readers(tmp_path):
 def test_evaluation_is_held_out_and_windowed(tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from trdeploy.embedded import calibration_conversations
+    from trdeploy.text.embedded import calibration_conversations
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     texts = evaluation_texts()
@@ -541,7 +541,7 @@ def test_awq_packing_matches_auto_round_and_round_trips():
     (from AutoAWQ) gives back (q - zero) * scale."""
     from auto_round.export.export_to_awq.utils import WQLinear_GEMM, dequantize_gemm
 
-    from trdeploy.quantization import pack_awq
+    from trdeploy.quant.quantization import pack_awq
 
     g = torch.Generator().manual_seed(0)
     out_f, in_f, group = 64, 256, 128
@@ -597,7 +597,7 @@ def train_tiny_llama(folder: Path, tokenizer_dir: Path, *, steps: int = 300, lr:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trdeploy.embedded import calibration_conversations
+    from trdeploy.text.embedded import calibration_conversations
 
     make_llama(folder, tokenizer_dir, seed=seed)
     tok = AutoTokenizer.from_pretrained(folder)
@@ -682,7 +682,7 @@ def test_verification_catches_a_checkpoint_that_is_not_the_quantized_model(tmp_p
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
 
-    from trdeploy import quantization as q
+    from trdeploy.quant import quantization as q
 
     src = make_llama(tmp_path / "llama", tokenizer_dir, hidden=256, intermediate=512, layers=2)
     model = q.load_model(src, device=torch.device("cpu"))
