@@ -102,6 +102,19 @@ class SLA(_Strict):
     tpot_ms: float | None = Field(None, gt=0)
 
 
+class Startup(_Strict):
+    """Predicted seconds from container start until GET /health answers 200 (tune decides; build and
+    render-k8s read it for the HEALTHCHECK start period and the startupProbe budget)."""
+
+    weights_load_s: float = Field(..., ge=0)  # checkpoint bytes over `read_gb_per_s`
+    read_gb_per_s: float = Field(..., gt=0)  # the storage bandwidth assumed for the weights
+    engine_init_s: float = Field(..., ge=0)  # process start, profile run, KV allocation, CUDA graphs, warm compile cache
+    compile_s: float = Field(..., ge=0)  # extra for torch.compile on a cold cache
+    cold_s: float = Field(..., ge=0)  # first start, empty compile cache
+    warm_s: float = Field(..., ge=0)  # restart with the compile cache volume kept
+    basis: str = ""  # where the numbers come from (measured point or assumption)
+
+
 class Prediction(_Strict):
     weights_gib: float
     kv_cache_gib: float
@@ -116,6 +129,7 @@ class Prediction(_Strict):
     hourly_cost_usd: float | None = None
     sla_met: bool | None = None
     sla_max_concurrency: int | None = None
+    startup: Startup | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 
 
