@@ -61,10 +61,13 @@ def _root(
 
 def _register() -> None:
     # Imported here so each command module can import the app-level helpers above without cycles.
-    from trdeploy.cli import bench, profile, quantize, tune
+    from trdeploy.cli import bench, build, profile, quantize, tune
 
-    for module in (profile, tune, quantize, bench):
+    for module in (profile, tune, quantize, bench, build):
         module.register(app)
+    from trdeploy.cli import render_k8s
+
+    render_k8s.register(app)
 
 
 _register()

@@ -1,0 +1,175 @@
+"""`render-k8s --validate`: the rendered folder checked by real tools, no API server needed.
+
+- kubernetes-validate, strict (unknown fields are errors), for every Kubernetes minor in K8S_VERSIONS.
+  Custom resources (KEDA, prometheus-operator, LeaderWorkerSet) are skipped with the reason printed:
+  their CRD schemas are not vendored here.
+- checkov (`--skip-download`, kubernetes framework): no failed check outside CHECKOV_SKIPS, each
+  of which says why it does not apply to a GPU inference server.
+- `kubectl kustomize DIR` renders the folder to the same objects.
+- every PromQL expression parses with promql-parser (the Rust promql-parser crate's Python binding).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trdeploy.errors import TrdeployError
+
+K8S_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0")
+
+# Checks that fail by design, with the reason. Anything else failing is an error.
+CHECKOV_SKIPS: dict[str, str] = {
+    "CKV_K8S_43": "Image by digest: the tag is pinned to the vLLM release (or `build`'s tag); pass --image NAME@sha256:... to pin a digest.",
+    "CKV_K8S_35": "Secrets as files: vLLM reads the API key only from VLLM_API_KEY (or a literal flag) and huggingface_hub the token from HF_TOKEN; they come from Secrets by reference, never literal.",
+}
+
+
+@dataclass
+class ValidationReport:
+    kubernetes: dict[str, int] = field(default_factory=dict)  # version -> objects validated
+    skipped: list[str] = field(default_factory=list)  # "Kind name: reason"
+    checkov: dict[str, Any] = field(default_factory=dict)
+    kustomize_objects: int | None = None
+    promql_parsed: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kubernetes_versions": self.kubernetes,
+            "skipped": self.skipped,
+            "checkov": self.checkov,
+            "kustomize_objects": self.kustomize_objects,
+            "promql_parsed": self.promql_parsed,
+        }
+
+
+def _load_folder(folder: Path) -> list[dict[str, Any]]:
+    kust = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8"))
+    objs: list[dict[str, Any]] = []
+    for name in kust["resources"]:
+        objs.extend(o for o in yaml.safe_load_all((folder / name).read_text(encoding="utf-8")) if o)
+    return objs
+
+
+def validate_kubernetes(objects: list[dict[str, Any]], report: ValidationReport) -> None:
+    try:
+        import kubernetes_validate
+        from kubernetes_validate.utils import SchemaNotFoundError
+    except ImportError as exc:
+        raise TrdeployError("kubernetes-validate is not installed.", hint="pip install 'trdeploy[k8s]'.") from exc
+    skipped: set[str] = set()
+    for version in K8S_VERSIONS:
+        count = 0
+        for obj in objects:
+            what = f"{obj.get('kind')} {obj.get('metadata', {}).get('name')}"
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+                count += 1
+            except SchemaNotFoundError:
+                skipped.add(f"{what} ({obj.get('apiVersion')}): custom resource, its CRD schema is not vendored; checked by kubectl kustomize only")
+            except kubernetes_validate.ValidationError as exc:
+                where = ".".join(str(x) for x in exc.path) or "(top)"
+                raise TrdeployError(f"Kubernetes {version} rejects {what}: {where}: {exc.message.splitlines()[0]}.", hint="This is a render-k8s bug; report it with the profile.") from exc
+        report.kubernetes[version] = count
+    report.skipped = sorted(skipped)
+
+
+def _checkov_binary() -> str | None:
+    env = os.environ.get("TRDEPLOY_CHECKOV")
+    candidates = [env] if env else []
+    root = Path(__file__).resolve().parents[2]
+    candidates += [
+        str(root / ".venv" / "tools" / "checkov" / "bin" / "checkov"),  # scripts/ci/k8s-tools.sh
+        str(Path(sys.executable).with_name("checkov")),
+        shutil.which("checkov") or "",
+    ]
+    return next((c for c in candidates if c and Path(c).is_file()), None)
+
+
+def validate_checkov(folder: Path, report: ValidationReport) -> None:
+    binary = _checkov_binary()
+    if binary is None:
+        raise TrdeployError("checkov is not installed.", hint="Run scripts/ci/k8s-tools.sh (checkov gets its own virtual environment).")
+    cmd = [binary, "-d", str(folder), "--framework", "kubernetes", "--skip-download", "--compact",
+           "-o", "json", "--skip-check", ",".join(CHECKOV_SKIPS)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
+    try:
+        data = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise TrdeployError(f"checkov gave no JSON (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:] }.", hint="Run it by hand to see why.") from exc
+    runs = data if isinstance(data, list) else [data]
+    failed: list[str] = []
+    passed = 0
+    for run in runs:
+        if not isinstance(run, dict):
+            continue
+        passed += int(run.get("summary", {}).get("passed", 0))
+        for chk in run.get("results", {}).get("failed_checks", []):
+            failed.append(f"{chk['check_id']} {chk.get('resource')} ({chk.get('check_name')})")
+    report.checkov = {"passed": passed, "failed": failed, "skipped": sorted(CHECKOV_SKIPS)}
+    if passed == 0 and not failed:
+        raise TrdeployError(f"checkov checked nothing in {folder} (exit {proc.returncode}).", hint="Run it by hand to see why.")
+    if failed:
+        raise TrdeployError(f"checkov fails {len(failed)} check(s): {'; '.join(failed[:3])}.", hint="Fix the renderer or justify the skip in CHECKOV_SKIPS.")
+
+
+def validate_kustomize(folder: Path, expected: int, report: ValidationReport) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise TrdeployError("kubectl is not installed (needed for `kubectl kustomize`).", hint="Run scripts/ci/k8s-tools.sh or install kubectl.")
+    proc = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise TrdeployError(f"kubectl kustomize {folder} fails: {proc.stderr.strip().splitlines()[-1:]}.", hint="This is a render-k8s bug.")
+    objs = [o for o in yaml.safe_load_all(proc.stdout) if o]
+    if len(objs) != expected:
+        raise TrdeployError(f"kubectl kustomize renders {len(objs)} objects, the folder holds {expected}.", hint="This is a render-k8s bug.")
+    report.kustomize_objects = len(objs)
+
+
+def validate_promql(expressions: list[str], report: ValidationReport) -> None:
+    try:
+        import promql_parser
+    except ImportError as exc:
+        raise TrdeployError("promql-parser is not installed.", hint="pip install 'trdeploy[k8s]'.") from exc
+    for expr in expressions:
+        try:
+            promql_parser.parse(expr)
+        except ValueError as exc:
+            raise TrdeployError(f"PromQL does not parse ({exc}): {expr}", hint="This is a render-k8s bug.") from exc
+    report.promql_parsed = len(expressions)
+
+
+def promql_in_folder(folder: Path) -> list[str]:
+    """Every PromQL expression the folder holds: alert rules, the KEDA query, dashboard targets."""
+    exprs: list[str] = []
+    for obj in _load_folder(folder):
+        kind = obj.get("kind")
+        spec = obj.get("spec", {})
+        if kind == "PrometheusRule":
+            exprs += [r["expr"] for g in spec["groups"] for r in g["rules"]]
+        elif kind == "ScaledObject":
+            exprs += [t["metadata"]["query"] for t in spec["triggers"] if t["type"] == "prometheus"]
+        elif kind == "ConfigMap" and obj["metadata"].get("labels", {}).get("grafana_dashboard"):
+            for text in obj["data"].values():
+                exprs += [t["expr"] for p in json.loads(text)["panels"] for t in p["targets"]]
+    return exprs
+
+
+def validate_folder(folder: str | Path, *, checkov: bool = True) -> ValidationReport:
+    folder = Path(folder)
+    report = ValidationReport()
+    objects = _load_folder(folder)
+    validate_kubernetes(objects, report)
+    validate_promql(promql_in_folder(folder), report)
+    validate_kustomize(folder, len(objects), report)
+    if checkov:
+        validate_checkov(folder, report)
+    return report
