@@ -138,6 +138,32 @@ def test_bad_input_is_one_line_exit_2(args, expected):
     assert expected in _one_line_error(run_cli("tune", *args))
 
 
+def test_a_negative_sla_is_the_one_line_error_from_the_library_too():
+    # The check runs before the SLA model is built, so the library raises TrdeployError, not pydantic's error.
+    with pytest.raises(TrdeployError, match="--sla-ttft-p95-ms must be positive"):
+        tune(TuneRequest(gpu="h100", max_model_len=4096, ttft_p95_ms=-1.0))
+
+
+def test_the_steps_compose_to_tune():
+    from trdeploy.sizing import tuning as t
+
+    req = TuneRequest(gpu="h100", max_model_len=8192, concurrency=48)
+    warnings: list[str] = []
+    target = t.resolve_target(req, warnings)
+    util = t.check_load_and_overrides(req, target.gpu)
+    shape = t.plan_shape(req, target.model, t.context_tokens_per_word)
+    assert (shape.max_model_len, shape.prompt_tokens, shape.output_tokens) == (8192, 1024, 256)
+    plan, kv = t.choose_tensor_parallel(target, t.initial_plan(req, target, shape.max_model_len, util), None, "cold")
+    assert plan.tp == 1 and plan.max_num_seqs == 1024  # vLLM's H100 default before the plan
+    sla = t.plan_sla(req)
+    traffic = t.plan_traffic(req, t._latency_fn(target, plan, kv, shape), t._kv_capacity(kv, shape), sla)
+    assert (traffic.replicas, traffic.per_replica) == (1, 48)
+    plan, kv = t.settle_max_num_seqs(req, target, plan, kv, traffic.per_replica, t._kv_capacity(kv, shape))
+    assert plan.max_num_seqs == 48  # follows the planned concurrency, rounded up to 8
+    profile = t.build_profile(req, target, plan, kv, shape, sla, traffic, t.assess(target, plan, kv, shape, traffic, sla))
+    assert profile == tune(req).profile
+
+
 # --- Latency calibration -----------------------------------------------------------------------------------
 
 

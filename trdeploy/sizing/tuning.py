@@ -1,14 +1,17 @@
 """`tune`: from a model, a GPU tier and a workload to a DeploymentProfile with vLLM engine arguments.
 
-Steps (each a pure function of typed values except `context_tokens_per_word`, which reads a corpus):
-1. resolve the model (preset, folder, hub id) and its quantization;
-2. max_model_len: given, or Turkish context words x tokens per word (p95 on the model's tokenizer) + output;
-3. tensor parallelism: given, or the fewest GPUs on which vLLM starts (one max_model_len request fits);
-4. engine arguments: vLLM's own defaults for the GPU where the user gives none; max_num_seqs follows the
-   planned concurrency and what the KV cache holds;
-5. predictions: the memory accounting (trdeploy.sizing.memory) and the latency model (trdeploy.sizing.latency) at the
-   planned per-replica concurrency; replicas for the traffic target; the SLA and the highest concurrency
-   at which it holds.
+Steps (each a pure function of typed values except `context_tokens_per_word`, which reads a corpus);
+`tune` runs them in this order, every check that needs no corpus first (`check_load_and_overrides`):
+1. `resolve_target`: the GPU tier, the model (preset, folder, hub id) and its quantization;
+2. `plan_shape`: max_model_len, given or Turkish context words x tokens per word (p95 on the model's
+   tokenizer) + output, and the typical request; `plan_sla`: the latency targets;
+3. `choose_tensor_parallel`: given, or the fewest GPUs on which vLLM starts (one max_model_len request fits);
+4. engine arguments: `initial_plan` takes vLLM's own defaults for the GPU where the user gives none;
+   `settle_max_num_seqs` makes max_num_seqs follow the planned concurrency and what the KV cache holds;
+5. predictions: `plan_traffic` sets the per-replica concurrency and the replicas for the traffic target;
+   `assess` runs the memory accounting (trdeploy.sizing.memory) and the latency model
+   (trdeploy.sizing.latency) at that concurrency: the SLA and the highest concurrency at which it holds;
+6. `build_profile`: the DeploymentProfile.
 """
 
 from __future__ import annotations
@@ -277,13 +280,61 @@ def _highest(pred: Callable[[int], bool], upper: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# The orchestration
+# The steps (pure functions; `tune` at the end runs them in order)
+
+TokensPerWordFn = Callable[[str, "str | None", float], tuple[float, str]]
 
 
-def _resolve_quant(model: ResolvedModel, requested: str | None, gpu: GpuSpec, warnings: list[str]) -> tuple[ResolvedModel, str]:
+@dataclass(frozen=True)
+class Target:
+    """Step 1: what runs where."""
+
+    gpu: GpuSpec
+    model: ResolvedModel
+    quantization: str  # none | awq | fp8
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Step 2: the request sizes and the context they need."""
+
+    max_model_len: int
+    prompt_tokens: int
+    output_tokens: int
+    context_words: int | None  # None when --max-model-len was given
+    tokens_per_word: float | None
+    assumptions: tuple[str, ...]
+
+    @property
+    def typical(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The planned load per replica and the number of replicas."""
+
+    per_replica: int
+    replicas: int
+    peak_rps: float | None
+    assumptions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Step 5: the latency at the planned load and what it means for the SLA."""
+
+    latency: LatencyPrediction
+    kv_capacity: int  # typical requests the KV cache holds at once
+    sla_met: bool | None
+    sla_max: int | None
+    warnings: tuple[str, ...]
+
+
+def _resolve_quant(model: ResolvedModel, requested: str | None, gpu: GpuSpec, warnings: list[str]) -> str:
     detected = model.quant.kind if model.quant else None
     if requested is None:
-        return model, detected or "none"
+        return detected or "none"
     if requested not in ("none", "awq", "fp8"):
         raise TrdeployError(f"Unknown --quantization '{requested}'.", hint="Use none, awq or fp8.")
     if detected and requested != detected:
@@ -296,31 +347,22 @@ def _resolve_quant(model: ResolvedModel, requested: str | None, gpu: GpuSpec, wa
             f"{gpu.tier} has no fp8 tensor cores: vLLM runs --quantization fp8 there weight-only (FP8 Marlin), "
             "which halves weight memory but computes in 16 bit."
         )
-    return model, requested
+    return requested
 
 
-def _served_model(model: ResolvedModel, quantization: str) -> tuple[str, str | None]:
-    """The `vllm serve` model argument, and a note when it is a checkpoint still to be made."""
-    if quantization == "awq" and model.quant is None:
-        base = Path(model.id).name if model.source == "local" else model.id.split("/")[-1].split("@")[0]
-        path = f"./{base}-awq"
-        return path, f"engine_args.model {path} is the AWQ checkpoint `trdeploy quantize {model.id} -o {path}` writes; point it at yours."
-    return model.id, None
-
-
-def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, float], tuple[float, str]] = context_tokens_per_word) -> TuneResult:
-    warnings: list[str] = []
-    assumptions: list[str] = []
+def resolve_target(req: TuneRequest, warnings: list[str]) -> Target:
+    """Step 1: the GPU tier, the model (preset, folder, hub id) and its quantization."""
     gpu = get_gpu(req.gpu)
     if req.compile_cache not in ("cold", "warm"):
         raise TrdeployError(f"Unknown --compile-cache '{req.compile_cache}'.", hint="Use cold (first start) or warm.")
     if req.kv_cache_dtype not in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2"):
         raise TrdeployError(f"Unknown --kv-cache-dtype '{req.kv_cache_dtype}'.", hint="Use auto or fp8.")
     model = resolve_model(req.model)
-    model, quantization = _resolve_quant(model, req.quantization, gpu, warnings)
-    arch = model.arch
+    return Target(gpu=gpu, model=model, quantization=_resolve_quant(model, req.quantization, gpu, warnings))
 
-    # --- Cheap checks first (before any corpus is read) ---------------------------------------------
+
+def check_load_and_overrides(req: TuneRequest, gpu: GpuSpec) -> float:
+    """The cheap checks, before any corpus is read. Returns gpu_memory_utilization."""
     if req.concurrency is not None and req.requests_per_day is not None:
         raise TrdeployError("Pass either --concurrency or --requests-per-day, not both.", hint="--concurrency is per deployment; --requests-per-day derives it.")
     if req.concurrency is not None and req.concurrency < 1:
@@ -344,8 +386,13 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
             f"--max-num-batched-tokens {mbt_user} is below --max-num-seqs {seqs_user}; vLLM rejects that.",
             hint="Raise --max-num-batched-tokens or lower --max-num-seqs.",
         )
+    return util
 
-    # --- Workload and max_model_len ---------------------------------------------------------------
+
+def plan_shape(req: TuneRequest, model: ResolvedModel, tokens_per_word_fn: TokensPerWordFn) -> Shape:
+    """Step 2: max_model_len (given, or Turkish context words x tokens per word + output) and the typical request."""
+    arch = model.arch
+    assumptions: list[str] = []
     output_tokens = req.output_tokens or DEFAULT_OUTPUT_TOKENS
     if output_tokens < 1:
         raise TrdeployError("--output-tokens must be at least 1.", hint="Pass the typical number of generated tokens.")
@@ -388,19 +435,33 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
             f"A typical request ({prompt_tokens} prompt + {output_tokens} output tokens) does not fit max_model_len {max_model_len}.",
             hint="Raise --max-model-len / --context-words or lower --prompt-tokens / --output-tokens.",
         )
-    sla = SLA(ttft_p95_ms=req.ttft_p95_ms, e2e_p95_ms=req.e2e_p95_ms, tpot_ms=req.tpot_ms)
+    return Shape(
+        max_model_len=max_model_len,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        context_words=context_words,
+        tokens_per_word=tpw,
+        assumptions=tuple(assumptions),
+    )
+
+
+def plan_sla(req: TuneRequest) -> SLA:
     for label, value in (("--sla-ttft-p95-ms", req.ttft_p95_ms), ("--sla-e2e-p95-ms", req.e2e_p95_ms), ("--sla-tpot-ms", req.tpot_ms)):
         if value is not None and value <= 0:
             raise TrdeployError(f"{label} must be positive.", hint="Pass milliseconds.")
+    return SLA(ttft_p95_ms=req.ttft_p95_ms, e2e_p95_ms=req.e2e_p95_ms, tpot_ms=req.tpot_ms)
 
-    # --- Engine settings --------------------------------------------------------------------------
+
+def initial_plan(req: TuneRequest, target: Target, max_model_len: int, util: float) -> _Plan:
+    """Step 4a: vLLM's own defaults for the GPU where the user gives none (tensor parallelism still 1 or given)."""
+    gpu = target.gpu
+    mbt_user = req.max_num_batched_tokens
     mbt = mbt_user or gpu.vllm_default_max_num_batched_tokens
-    seqs0 = seqs_user or min(gpu.vllm_default_max_num_seqs, mbt)
+    seqs0 = req.max_num_seqs or min(gpu.vllm_default_max_num_seqs, mbt)
     mbt = max(mbt, seqs0) if mbt_user is None else mbt
-
-    base_plan = _Plan(
+    return _Plan(
         tp=req.gpus or 1,
-        quantization=quantization,
+        quantization=target.quantization,
         kv_cache_dtype=req.kv_cache_dtype,
         max_model_len=max_model_len,
         max_num_seqs=seqs0,
@@ -408,39 +469,51 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
         gpu_memory_utilization=util,
     )
 
-    # --- Tensor parallelism: given, or the fewest GPUs that start --------------------------------
-    if req.gpus is not None:
-        check_tp(arch, req.gpus)
-        plan = base_plan
-        kv = _predict(model, gpu, plan, req.compile_cache)
+
+def choose_tensor_parallel(target: Target, base_plan: _Plan, gpus: int | None, compile_cache: str) -> tuple[_Plan, KvCachePrediction]:
+    """Step 3: the given tensor parallelism, or the fewest GPUs on which vLLM starts."""
+    model, gpu = target.model, target.gpu
+    if gpus is not None:
+        check_tp(model.arch, gpus)
+        kv = _predict(model, gpu, base_plan, compile_cache)
         if not kv.fits:
-            raise _not_fit_error(model, gpu, plan, kv, req.compile_cache, gpus_fixed=True)
-    else:
-        kv = None
-        plan = base_plan
-        for tp in valid_tp_sizes(arch, MAX_TP):
-            candidate = replace(base_plan, tp=tp)
-            pred = _predict(model, gpu, candidate, req.compile_cache)
-            if pred.fits:
-                plan, kv = candidate, pred
-                break
-        if kv is None:
-            raise _not_fit_error(model, gpu, base_plan, _predict(model, gpu, base_plan, req.compile_cache), req.compile_cache, gpus_fixed=False)
-        _check_utilization(util, gpu, plan.tp)
+            raise _not_fit_error(model, gpu, base_plan, kv, compile_cache, gpus_fixed=True)
+        return base_plan, kv
+    for tp in valid_tp_sizes(model.arch, MAX_TP):
+        candidate = replace(base_plan, tp=tp)
+        pred = _predict(model, gpu, candidate, compile_cache)
+        if pred.fits:
+            _check_utilization(base_plan.gpu_memory_utilization, gpu, tp)
+            return candidate, pred
+    raise _not_fit_error(model, gpu, base_plan, _predict(model, gpu, base_plan, compile_cache), compile_cache, gpus_fixed=False)
 
-    # --- Concurrency, replicas, SLA -----------------------------------------------------------------
-    typical = prompt_tokens + output_tokens
-    step = step_model(arch, gpu, tp=plan.tp, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=plan.quantization)
+
+def _latency_fn(target: Target, plan: _Plan, kv: KvCachePrediction, shape: Shape) -> Callable[[int], LatencyPrediction]:
+    """Predicted latency per replica at a concurrency, for this plan."""
+    step = step_model(
+        target.model.arch, target.gpu, tp=plan.tp, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=plan.quantization
+    )
+
+    def latency_at(c: int) -> LatencyPrediction:
+        return predict_latency(
+            step, concurrency=c, prompt_tokens=shape.prompt_tokens, output_tokens=shape.output_tokens, max_num_batched_tokens=plan.max_num_batched_tokens
+        )
+
+    return latency_at
+
+
+def _kv_capacity(kv: KvCachePrediction, shape: Shape) -> int:
+    return max(1, int(kv.concurrency_for(shape.typical)))
+
+
+def plan_traffic(req: TuneRequest, latency_at: Callable[[int], LatencyPrediction], kv_capacity: int, sla: SLA) -> Traffic:
+    """Step 5a: the per-replica concurrency we plan up to (the KV cache, max_num_seqs, the SLA) and the replicas
+    for the traffic target (--requests-per-day through Little's law, or --concurrency)."""
     ok = _sla_checker(sla)
-
-    def latency_at(c: int, mbt_: int = plan.max_num_batched_tokens) -> LatencyPrediction:
-        return predict_latency(step, concurrency=c, prompt_tokens=prompt_tokens, output_tokens=output_tokens, max_num_batched_tokens=mbt_)
-
-    kv_capacity = max(1, int(kv.concurrency_for(typical)))
+    seqs_user = req.max_num_seqs
     cap = min(kv_capacity, seqs_user) if seqs_user else min(kv_capacity, 1024)
     sla_max = _highest(lambda c: ok(latency_at(c)), cap) if ok else None
-    limit = sla_max if sla_max else cap  # per-replica concurrency we plan up to
-    peak_rps = None
+    limit = sla_max if sla_max else cap
     if req.requests_per_day is not None:
         peak_rps = req.requests_per_day / 86400.0 * req.peak_factor
         per_replica_max = latency_at(limit).requests_per_s
@@ -448,31 +521,48 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
         need = peak_rps / replicas
         per_replica = _highest(lambda c: latency_at(c).requests_per_s < need, limit) + 1
         per_replica = min(max(1, per_replica), limit)
-        assumptions.append(
+        note = (
             f"Traffic: {req.requests_per_day:g} requests/day x peak factor {req.peak_factor:g} = {peak_rps:.3f} requests/s at peak, "
             f"served by {replicas} replica(s) at {per_replica} concurrent requests each (Little's law on the predicted end-to-end latency)."
         )
-    else:
-        total = req.concurrency or DEFAULT_CONCURRENCY
-        if req.concurrency is None:
-            assumptions.append(f"Planned concurrency {DEFAULT_CONCURRENCY} requests in flight (default; set --concurrency or --requests-per-day).")
-        replicas = max(1, math.ceil(total / limit))
-        per_replica = cdiv(total, replicas)
+        return Traffic(per_replica=per_replica, replicas=replicas, peak_rps=peak_rps, assumptions=(note,))
+    total = req.concurrency or DEFAULT_CONCURRENCY
+    notes: tuple[str, ...] = ()
+    if req.concurrency is None:
+        notes = (f"Planned concurrency {DEFAULT_CONCURRENCY} requests in flight (default; set --concurrency or --requests-per-day).",)
+    replicas = max(1, math.ceil(total / limit))
+    return Traffic(per_replica=cdiv(total, replicas), replicas=replicas, peak_rps=None, assumptions=notes)
 
-    # --- max_num_seqs from the plan, then the final prediction ---------------------------------------
-    if seqs_user is None:
-        seqs = min(max(8, round_up(per_replica, 8)), max(8, kv_capacity // 8 * 8), 1024)
-        seqs = max(seqs, per_replica) if per_replica <= kv_capacity else seqs
-        final_mbt = plan.max_num_batched_tokens if mbt_user is not None else max(plan.max_num_batched_tokens, seqs)
-        plan = replace(plan, max_num_seqs=seqs, max_num_batched_tokens=final_mbt)
-        kv = _predict(model, gpu, plan, req.compile_cache)
-        if not kv.fits:  # the sampler term grew past the margin; keep the first plan's seqs
-            plan = replace(plan, max_num_seqs=seqs0)
-            kv = _predict(model, gpu, plan, req.compile_cache)
-        step = step_model(arch, gpu, tp=plan.tp, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=plan.quantization)
-        kv_capacity = max(1, int(kv.concurrency_for(typical)))
+
+def settle_max_num_seqs(
+    req: TuneRequest, target: Target, plan: _Plan, kv: KvCachePrediction, per_replica: int, kv_capacity: int
+) -> tuple[_Plan, KvCachePrediction]:
+    """Step 4b: max_num_seqs follows the planned concurrency and what the KV cache holds (unless given)."""
+    if req.max_num_seqs is not None:
+        return plan, kv
+    seqs0 = plan.max_num_seqs
+    seqs = min(max(8, round_up(per_replica, 8)), max(8, kv_capacity // 8 * 8), 1024)
+    seqs = max(seqs, per_replica) if per_replica <= kv_capacity else seqs
+    final_mbt = plan.max_num_batched_tokens if req.max_num_batched_tokens is not None else max(plan.max_num_batched_tokens, seqs)
+    plan = replace(plan, max_num_seqs=seqs, max_num_batched_tokens=final_mbt)
+    kv = _predict(target.model, target.gpu, plan, req.compile_cache)
+    if not kv.fits:  # the sampler term grew past the margin; keep the first plan's seqs
+        plan = replace(plan, max_num_seqs=seqs0)
+        kv = _predict(target.model, target.gpu, plan, req.compile_cache)
+    return plan, kv
+
+
+def assess(target: Target, plan: _Plan, kv: KvCachePrediction, shape: Shape, traffic: Traffic, sla: SLA) -> Outcome:
+    """Step 5b: the latency at the planned per-replica concurrency, the SLA verdict and the highest concurrency at
+    which it holds, and warnings for what vLLM will queue, preempt or run out of memory on."""
+    latency_at = _latency_fn(target, plan, kv, shape)
+    kv_capacity = _kv_capacity(kv, shape)
+    per_replica = traffic.per_replica
+    ok = _sla_checker(sla)
+    warnings: list[str] = []
     lat = latency_at(per_replica)
     sla_met = ok(lat) if ok else None
+    sla_max: int | None = None
     if ok:
         sla_max = _highest(lambda c: ok(latency_at(c)), min(kv_capacity, plan.max_num_seqs))
         if not sla_met:
@@ -485,7 +575,7 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
         warnings.append(f"{per_replica} requests per replica exceed max_num_seqs {plan.max_num_seqs}: the rest wait in vLLM's queue.")
     if per_replica > kv_capacity:
         warnings.append(
-            f"{per_replica} typical requests ({typical} tokens each) need more KV cache than the {kv.kv_cache_tokens:,} tokens per GPU: "
+            f"{per_replica} typical requests ({shape.typical} tokens each) need more KV cache than the {kv.kv_cache_tokens:,} tokens per GPU: "
             "vLLM will preempt and recompute requests."
         )
     if kv.headroom_bytes < 0:
@@ -494,8 +584,24 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
             f"less than the CUDA context (~{cuda_context_gib(plan.tp)} GiB) and CUDA graphs (~{CUDA_GRAPH_GIB} GiB, not counted by vLLM 0.25): "
             "start-up may run out of memory while capturing graphs. Lower it."
         )
+    return Outcome(latency=lat, kv_capacity=kv_capacity, sla_met=sla_met, sla_max=sla_max, warnings=tuple(warnings))
 
-    # --- The profile ---------------------------------------------------------------------------------
+
+def _served_model(model: ResolvedModel, quantization: str) -> tuple[str, str | None]:
+    """The `vllm serve` model argument, and a note when it is a checkpoint still to be made."""
+    if quantization == "awq" and model.quant is None:
+        base = Path(model.id).name if model.source == "local" else model.id.split("/")[-1].split("@")[0]
+        path = f"./{base}-awq"
+        return path, f"engine_args.model {path} is the AWQ checkpoint `trdeploy quantize {model.id} -o {path}` writes; point it at yours."
+    return model.id, None
+
+
+def build_profile(
+    req: TuneRequest, target: Target, plan: _Plan, kv: KvCachePrediction, shape: Shape, sla: SLA, traffic: Traffic, outcome: Outcome
+) -> DeploymentProfile:
+    """Step 6: the DeploymentProfile (engine arguments, workload, SLA, predictions, assumptions)."""
+    model, gpu, arch = target.model, target.gpu, target.model.arch
+    lat, replicas, per_replica = outcome.latency, traffic.replicas, traffic.per_replica
     served, model_note = _served_model(model, plan.quantization)
     engine = EngineArgs(
         model=served,
@@ -517,7 +623,7 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
         kv_bytes_per_token=full_kv_per_token,
         max_concurrency={
             "at_max_model_len": round(kv.max_concurrency, 2),
-            "at_typical_request": round(kv.concurrency_for(typical), 2),
+            "at_typical_request": round(kv.concurrency_for(shape.typical), 2),
         },
         tpot_ms=round(lat.tpot_p50_ms, 2),
         ttft_ms=round(lat.ttft_p95_ms, 1),
@@ -525,8 +631,8 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
         output_tokens_per_s=round(lat.output_tokens_per_s * replicas, 1),
         replicas=replicas,
         hourly_cost_usd=round(hourly, 2),
-        sla_met=sla_met,
-        sla_max_concurrency=sla_max,
+        sla_met=outcome.sla_met,
+        sla_max_concurrency=outcome.sla_max,
         details={
             "per_gpu": {
                 "cuda_total_gib": round(kv.cuda_total_bytes / GiB, 3),
@@ -546,18 +652,18 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
             "activation_parts_gib": {k: round(v / GiB, 4) for k, v in kv.activation_parts.items()},
             "latency_per_replica": lat.as_dict(),
             "concurrency_per_replica": per_replica,
-            "kv_capacity_typical_requests": kv_capacity,
-            "peak_requests_per_s": round(peak_rps, 4) if peak_rps is not None else None,
+            "kv_capacity_typical_requests": outcome.kv_capacity,
+            "peak_requests_per_s": round(traffic.peak_rps, 4) if traffic.peak_rps is not None else None,
             "compile_cache": req.compile_cache,
             "hourly_usd_per_gpu": gpu.hourly_usd,
             "checkpoint_bytes": model.checkpoint_bytes,
         },
     )
-    assumptions.extend(_standard_assumptions(gpu, plan, req.compile_cache))
+    assumptions = [*shape.assumptions, *traffic.assumptions, *_standard_assumptions(gpu, plan, req.compile_cache)]
     if model_note:
         assumptions.append(model_note)
     name = req.name or f"{arch.name}-{plan.quantization if plan.quantization != 'none' else 'bf16'}-{gpu.tier}" + (f"-x{plan.tp}" if plan.tp > 1 else "")
-    profile = DeploymentProfile(
+    return DeploymentProfile(
         name=name,
         model=ModelInfo(
             id=model.id,
@@ -584,19 +690,34 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: Callable[[str, str | None, flo
         ),
         engine_args=engine,
         workload=Workload(
-            prompt_tokens=prompt_tokens,
-            output_tokens=output_tokens,
+            prompt_tokens=shape.prompt_tokens,
+            output_tokens=shape.output_tokens,
             concurrency=per_replica * replicas,
             requests_per_day=req.requests_per_day,
             peak_factor=req.peak_factor,
-            context_words=context_words if req.max_model_len is None else None,
-            tokens_per_word=round(tpw, 4) if tpw is not None else None,
+            context_words=shape.context_words,
+            tokens_per_word=round(shape.tokens_per_word, 4) if shape.tokens_per_word is not None else None,
         ),
         sla=sla,
         prediction=prediction,
         assumptions=assumptions,
     )
-    return TuneResult(profile=profile, kv=kv, latency=lat, model=model, gpu=gpu, warnings=warnings)
+
+
+def tune(req: TuneRequest, *, tokens_per_word_fn: TokensPerWordFn = context_tokens_per_word) -> TuneResult:
+    """The steps of the module docstring, in order; every check that needs no corpus runs before the corpus is read."""
+    warnings: list[str] = []
+    target = resolve_target(req, warnings)
+    util = check_load_and_overrides(req, target.gpu)
+    shape = plan_shape(req, target.model, tokens_per_word_fn)
+    sla = plan_sla(req)
+    plan, kv = choose_tensor_parallel(target, initial_plan(req, target, shape.max_model_len, util), req.gpus, req.compile_cache)
+    traffic = plan_traffic(req, _latency_fn(target, plan, kv, shape), _kv_capacity(kv, shape), sla)
+    plan, kv = settle_max_num_seqs(req, target, plan, kv, traffic.per_replica, _kv_capacity(kv, shape))
+    outcome = assess(target, plan, kv, shape, traffic, sla)
+    warnings.extend(outcome.warnings)
+    profile = build_profile(req, target, plan, kv, shape, sla, traffic, outcome)
+    return TuneResult(profile=profile, kv=kv, latency=outcome.latency, model=target.model, gpu=target.gpu, warnings=warnings)
 
 
 def _standard_assumptions(gpu: GpuSpec, plan: _Plan, compile_cache: str) -> list[str]:
