@@ -1,0 +1,328 @@
+"""`trdeploy build`: rendering (fast, no engine) and real images on a real Docker engine.
+
+The image tests build from a local stand-in for vllm/vllm-openai (tests/deploy/conftest.py) and run
+the image with the stand-in `vllm`, which records its argv, environment and UID and answers /health.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+from trdeploy.deploy.image import (
+    DEFAULT_START_PERIOD_S,
+    BuildOptions,
+    choose_base,
+    is_hub_id,
+    render_context,
+    start_period_s,
+)
+from trdeploy.deployment import DeploymentProfile, Startup
+from trdeploy.errors import TrdeployError
+
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+BF16_H100 = ROOT / "recipes" / "llama-3-8b-bf16-h100.yaml"
+AWQ_L40S = ROOT / "recipes" / "llama-3-8b-awq-l40s.yaml"
+TRDEPLOY_LABELS = (
+    "io.trdeploy.model",
+    "io.trdeploy.model.revision",
+    "io.trdeploy.quantization",
+    "io.trdeploy.gpu.tier",
+    "io.trdeploy.vllm.version",
+    "io.trdeploy.profile.sha256",
+)
+
+
+def _profile(path: Path = BF16_H100) -> DeploymentProfile:
+    return DeploymentProfile.load(path)
+
+
+def _expected_argv(profile: DeploymentProfile, model: str, port: int) -> list[str]:
+    """Independently of the renderer: the profile's own serve command, model placed, name and port added."""
+    served = profile.engine_args.served_model_name or profile.model.id
+    engine = profile.engine_args.model_copy(update={"model": model, "served_model_name": served})
+    return [*engine.serve_command(), "--port", str(port)]
+
+
+# --- rendering (no engine) -------------------------------------------------------------------------
+
+
+def test_docker_folder_holds_the_rendered_recipe_contexts():
+    """docker/NAME/ is exactly what `trdeploy build recipes/NAME.yaml --dry-run` writes."""
+    assert RECIPES
+    stale = []
+    for recipe in RECIPES:
+        context = render_context(_profile(recipe), BuildOptions())
+        folder = ROOT / "docker" / recipe.stem
+        on_disk = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+        if on_disk != set(context.files):
+            stale.append(f"{recipe.stem}: files {sorted(on_disk)} != {sorted(context.files)}")
+            continue
+        for name, text in context.files.items():
+            if (folder / name).read_text(encoding="utf-8") != text:
+                stale.append(f"{recipe.stem}/{name}")
+        assert os.access(folder / "entrypoint.sh", os.X_OK)
+    assert not stale, (
+        "docker/ is out of date; regenerate with: for r in recipes/*.yaml; do "
+        'trdeploy build "$r" --dry-run -o "docker/$(basename "$r" .yaml)" --force; done\n' + "\n".join(stale)
+    )
+
+
+def _hadolint() -> str:
+    exe = shutil.which("hadolint") or str(Path(os.sys.executable).parent / "hadolint")
+    if not os.access(exe, os.X_OK):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("hadolint is not installed (pip install -e '.[test]')")
+        pytest.skip("hadolint is not installed")
+    return exe
+
+
+@pytest.mark.parametrize("source", ["mount", "bake", "download"])
+def test_dockerfiles_are_hadolint_clean_at_warning_level(tmp_path, source):
+    exe = _hadolint()
+    options = BuildOptions(model_source=source, model_dir_name="m" if source == "bake" else None)
+    for recipe in (BF16_H100, ROOT / "recipes" / "llama-3-70b-awq-h100-x2.yaml"):
+        profile = _profile(recipe)
+        if source == "download" and not is_hub_id(profile.engine_args.model):
+            options = options.model_copy(update={"model_repo": "org/model"})
+        dockerfile = tmp_path / f"Dockerfile.{recipe.stem}.{source}"
+        dockerfile.write_text(render_context(profile, options).files["Dockerfile"])
+        r = subprocess.run([exe, "--failure-threshold", "warning", str(dockerfile)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "# syntax=" not in dockerfile.read_text()
+
+
+def test_base_image_follows_the_vllm_version_and_the_tiers_driver():
+    profile = _profile()
+    assert choose_base(profile, BuildOptions())[:2] == ("vllm/vllm-openai:v0.25.0", "13.0")
+    rtx = _profile(ROOT / "recipes" / "llama-3-8b-bf16-rtx4090.yaml")
+    assert choose_base(rtx, BuildOptions())[:2] == ("vllm/vllm-openai:v0.25.0-cu129", "12.9")
+    assert choose_base(profile, BuildOptions(driver="575.57.08"))[0] == "vllm/vllm-openai:v0.25.0-cu129"
+    assert choose_base(profile, BuildOptions(cuda="12.9"))[0] == "vllm/vllm-openai:v0.25.0-cu129"
+    with pytest.raises(TrdeployError, match="older than every CUDA build"):
+        choose_base(profile, BuildOptions(driver="550.54.14"))
+    pinned = "vllm/vllm-openai@sha256:" + "a" * 64
+    context = render_context(profile, BuildOptions(base_image=pinned))
+    assert context.files["Dockerfile"].count(f"FROM {pinned}\n") == 1
+    assert context.labels["org.opencontainers.image.base.digest"] == "sha256:" + "a" * 64
+    with pytest.raises(TrdeployError, match="neither a tag nor a digest"):
+        render_context(profile, BuildOptions(base_image="registry:5000/vllm"))
+
+
+def test_start_period_uses_the_predicted_cold_start_else_the_default():
+    profile = _profile()
+    assert profile.prediction.startup is None
+    assert start_period_s(profile) == DEFAULT_START_PERIOD_S
+    profile.prediction.startup = Startup(
+        weights_load_s=20, read_gb_per_s=1.0, engine_init_s=40, compile_s=60, cold_s=121, warm_s=61
+    )
+    assert start_period_s(profile) == 190  # 1.5 x 121 s, rounded up to 10 s
+    assert "--start-period=190s" in render_context(profile, BuildOptions()).files["Dockerfile"]
+
+
+def test_entrypoint_runs_exactly_the_profiles_serve_command_and_bakes_no_key():
+    for recipe in RECIPES:
+        profile = _profile(recipe)
+        context = render_context(profile, BuildOptions())
+        model = profile.engine_args.model
+        placed = "/models/" + Path(model).name if model.startswith(("./", "../", "/")) else model
+        assert context.argv == _expected_argv(profile, placed, 8000)
+        entry = context.files["entrypoint.sh"]
+        assert '"$@"' in entry and "--api-key" not in entry
+        assert "VLLM_API_KEY=" not in context.files["Dockerfile"]
+
+
+def test_deploy_package_reads_the_profile_only():
+    for source in (ROOT / "trdeploy" / "deploy").glob("*.py"):
+        imports = re.findall(r"^\s*(?:from|import)\s+(trdeploy\.sizing\S*)", source.read_text(), re.M)
+        assert not imports, (source, imports)
+
+
+def test_cli_errors_are_one_line_with_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BF16_H100.read_text().replace("max_num_seqs: 32", "max_num_seqs: 0"))
+    cases = [
+        (["build", str(bad), "--dry-run", "-o", str(tmp_path / "a")], "not a valid DeploymentProfile"),
+        (["build", str(AWQ_L40S), "--model-source", "bake", "--dry-run", "-o", str(tmp_path / "b")], "does not exist"),
+        (["build", str(AWQ_L40S), "--model-source", "download", "--dry-run", "-o", str(tmp_path / "c")], "local folder"),
+        (["build", str(BF16_H100), "--driver", "470.1", "--dry-run", "-o", str(tmp_path / "d")], "older than every"),
+    ]
+    for args, message in cases:
+        r = run_cli(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert message in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not any(p.name in "abcd" for p in tmp_path.iterdir())
+    r = run_cli("build", str(BF16_H100), env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
+    assert r.returncode == 2 and "No Docker engine reachable" in r.stderr, r.stderr
+
+
+# --- real images on a real engine ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _build(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> dict:
+    r = run_cli("build", *args, "--json", cwd=cwd, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Step " in r.stderr or "#1 " in r.stderr  # the build streamed its steps
+    return json.loads(r.stdout)
+
+
+def _run_until_healthy(docker_client, image: str, *, command=None, user=None, env=None, timeout=60):
+    container = docker_client.containers.run(
+        image,
+        command=command,
+        user=user,
+        environment={"STANDIN_STARTUP_DELAY_S": "2", **(env or {})},
+        network_mode="host",
+        detach=True,
+        healthcheck={"interval": 1_000_000_000},  # probe each second; test, period, retries: the image's
+    )
+    states = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            container.reload()
+            health = container.attrs["State"].get("Health", {}).get("Status")
+            if not states or states[-1] != health:
+                states.append(health)
+            if health == "healthy" or container.status == "exited":
+                break
+            time.sleep(0.5)
+        logs = container.logs().decode()
+        line = next(l for l in logs.splitlines() if l.startswith("STANDIN_VLLM "))
+        return json.loads(line.split(" ", 1)[1]), states
+    finally:
+        container.remove(force=True)
+
+
+def test_mount_image_runs_the_profile_as_non_root_and_turns_healthy(docker_client, vllm_base_image):
+    profile = _profile()
+    port = _free_port()
+    tag = f"trdeploy-test/mount:{port}"
+    out = _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag, "--port", str(port))
+    assert out["builder"] == "classic" and out["tag"] == tag and out["size_bytes"] > 0
+    image = docker_client.images.get(tag)
+    config = image.attrs["Config"]
+    labels = config["Labels"]
+    for key in TRDEPLOY_LABELS:
+        assert labels[key], key
+    assert labels["io.trdeploy.model"] == profile.model.id
+    assert labels["io.trdeploy.gpu.tier"] == "h100" and labels["io.trdeploy.vllm.version"] == "0.25.0"
+    assert labels["io.trdeploy.profile.sha256"] == out["labels"]["io.trdeploy.profile.sha256"]
+    for key in ("title", "description", "version", "created", "ref.name", "base.name"):
+        assert labels[f"org.opencontainers.image.{key}"], key
+    assert labels["org.opencontainers.image.ref.name"] == tag
+    assert config["User"] == "2000:0"
+    assert config["Healthcheck"]["StartPeriod"] == DEFAULT_START_PERIOD_S * 1_000_000_000
+    assert not any(e.startswith(("VLLM_API_KEY", "HF_TOKEN")) for e in config["Env"])
+
+    key = "sk-" + secrets.token_hex(8)
+    record, states = _run_until_healthy(docker_client, tag, env={"VLLM_API_KEY": key})
+    assert record["argv"] == _expected_argv(profile, profile.engine_args.model, port)
+    assert record["uid"] == 2000 and record["gid"] == 0
+    assert record["env"]["VLLM_API_KEY"] == key  # from `docker run`, read by vLLM itself
+    assert all(record["writable"].values()) and "VLLM_CACHE_ROOT" in record["writable"]
+    assert record["env"]["VLLM_CACHE_ROOT"].startswith("/cache/")
+    assert states[-1] == "healthy" and "starting" in states, states
+
+    # An arbitrary UID (OpenShift) in group 0 can write every cache; `docker run` arguments override.
+    record, states = _run_until_healthy(docker_client, tag, user="123457:0", command=["--max-num-seqs", "3"])
+    assert record["uid"] == 123457
+    assert all(record["writable"].values()), record["writable"]
+    assert record["argv"] == [*_expected_argv(profile, profile.engine_args.model, port), "--max-num-seqs", "3"]
+    assert states[-1] == "healthy"
+    docker_client.images.remove(tag, force=True)
+
+
+def test_bake_puts_the_folder_in_the_last_layer_offline(docker_client, vllm_base_image, tmp_path):
+    profile = _profile(AWQ_L40S)
+    model_dir = tmp_path / "Meta-Llama-3-8B-Instruct-awq"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (model_dir / "model.safetensors").write_bytes(os.urandom(256 * 1024))
+    port = _free_port()
+    tag = f"trdeploy-test/bake:{port}"
+    out = _build(str(AWQ_L40S), "--base-image", vllm_base_image, "--tag", tag, "--port", str(port),
+                 "--model-source", "bake", "--model-dir", str(model_dir))
+    assert out["model_in_image"] == "/models/Meta-Llama-3-8B-Instruct-awq"
+    record, states = _run_until_healthy(docker_client, tag)
+    assert record["argv"] == _expected_argv(profile, "/models/Meta-Llama-3-8B-Instruct-awq", port)
+    assert record["env"]["HF_HUB_OFFLINE"] == "1"
+    assert states[-1] == "healthy"
+    # The newest layer that adds bytes is the weights (a new checkpoint rebuilds only that layer).
+    history = [h for h in docker_client.api.history(tag) if h["Size"] > 0]
+    assert "COPY" in history[0]["CreatedBy"] and history[0]["Size"] >= 256 * 1024
+    listing = docker_client.containers.run(tag, entrypoint=["ls", "/models/Meta-Llama-3-8B-Instruct-awq"],
+                                           remove=True, network_mode="host").decode().split()
+    assert sorted(listing) == ["config.json", "model.safetensors"]
+    docker_client.images.remove(tag, force=True)
+
+
+def test_download_token_is_in_no_layer_and_no_history(docker_client, vllm_base_image, tmp_path):
+    profile = _profile()
+    token = "hf_" + secrets.token_hex(16)
+    port = _free_port()
+    tag = f"trdeploy-test/download:{port}"
+    out = _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag, "--port", str(port),
+                 "--model-source", "download", "--revision", "v1.0", env={"HF_TOKEN": token})
+    assert out["builder"] == "buildkit"
+    model = "/models/Meta-Llama-3-8B-Instruct"
+    got = docker_client.containers.run(tag, entrypoint=["cat", f"{model}/token-received", f"{model}/config.json"],
+                                       remove=True, network_mode="host").decode()
+    assert f"length={len(token)}" in got  # the secret reached the download step
+    assert '"revision": "v1.0"' in got
+    assert docker_client.images.get(tag).labels["io.trdeploy.model.revision"] == "v1.0"
+
+    saved = tmp_path / "image.tar"
+    with saved.open("wb") as handle:  # what `docker save` writes (same API)
+        for chunk in docker_client.images.get(tag).save(named=True):
+            handle.write(chunk)
+    blob = saved.read_bytes()
+    assert len(blob) > 1_000_000 and b"token-received" in blob  # the scan sees layer contents
+    assert token.encode() not in blob
+    history = subprocess.run(["docker", "history", "--no-trunc", tag], capture_output=True, text=True, check=True).stdout
+    assert "download.py" in history and token not in history
+    assert token not in json.dumps(docker_client.api.inspect_image(tag))
+
+    record, states = _run_until_healthy(docker_client, tag)
+    assert record["argv"] == _expected_argv(profile, model, port)
+    assert states[-1] == "healthy"
+    docker_client.images.remove(tag, force=True)
+
+
+def test_failed_step_is_one_line_and_leaves_no_tag(docker_client, tmp_path):
+    # A base without /bin/sh: the RUN step fails.
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("etc/empty")
+        tar.addfile(info, io.BytesIO(b""))
+    shell_less = "trdeploy-test/no-shell:1"
+    docker_client.api.import_image_from_data(buf.getvalue(), repository="trdeploy-test/no-shell", tag="1")
+    tag = "trdeploy-test/failed:1"
+    r = run_cli("build", str(BF16_H100), "--base-image", shell_less, "--tag", tag)
+    assert r.returncode == 2, r.stderr
+    error = [l for l in r.stderr.splitlines() if l.startswith("Error:")]
+    assert len(error) == 1 and "failed at step 5/" in error[0], r.stderr[-2000:]
+    import docker
+
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(tag)
