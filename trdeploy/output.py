@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -30,20 +32,33 @@ console = Console(soft_wrap=False)
 err_console = Console(stderr=True)
 
 
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None: JSON has no NaN (json.dumps would
+    write the non-standard `NaN`/`Infinity`, which strict parsers such as jq and JavaScript reject)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
+        return finite(value.model_dump(mode="json"))
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "item"):  # numpy scalars
-        return value.item()
+        return finite(value.item())
     if isinstance(value, set | frozenset | tuple):
-        return list(value)
+        return finite(list(value))
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def to_json(data: Any) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False, default=_json_default)
+    """Strict JSON: NaN and infinities become null (allow_nan=False guards anything that slips by)."""
+    return json.dumps(finite(data), indent=2, ensure_ascii=False, default=_json_default, allow_nan=False)
 
 
 def emit(data: Any, *, as_json: bool, render: Callable[[Console], None]) -> None:
@@ -74,13 +89,69 @@ def progress(*, transient: bool = True, disable: bool = False) -> Progress:
     )
 
 
-def ensure_writable(path: Path, *, force: bool) -> None:
-    """Refuse to overwrite an existing path unless `force`."""
-    if path.exists() and not force:
-        raise TrdeployError(f"{path} already exists.", hint="Pass --force to overwrite it, or choose another path.")
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def ensure_writable(path: Path, *, force: bool, folder: bool = False) -> None:
+    """Refuse, before any work is done, an output that cannot or must not be written.
+
+    An existing path needs `force`; even then a symbolic link, a device, a FIFO or a socket is never
+    replaced (nor written through), and a file output never replaces a folder (nor a folder output a
+    file). The parent folder must exist and take a new file (checked by creating one), so a run of
+    minutes is not lost at the end to a read-only or missing folder.
+    """
+    path = Path(path)
+    try:
+        st = path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    except OSError as exc:
+        raise TrdeployError(f"Cannot use {path} as output: {exc.strerror or exc}.", hint="Choose another path.") from None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise TrdeployError(f"{path} is a symbolic link; trdeploy does not write through links.", hint="Pass the link's target, or another path.")
+        wanted = stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)
+        if not wanted:
+            what = _kind_of(st.st_mode) if not stat.S_ISREG(st.st_mode) else "a file"
+            raise TrdeployError(f"{path} is {what}, not {'a folder' if folder else 'a file'}; it is never replaced, even with --force.", hint="Choose another path.")
+        if not force:
+            raise TrdeployError(f"{path} already exists.", hint="Pass --force to overwrite it, or choose another path.")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         raise TrdeployError(f"The folder {parent} does not exist.", hint="Create it first or choose another path.")
+    if not parent.is_dir():
+        raise TrdeployError(f"{parent} is not a folder, so {path} cannot be written.", hint="Choose another path.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TrdeployError(f"Cannot write to the folder {parent}: {exc.strerror or exc}.", hint="Choose a folder you can write to.") from None
+
+
+def refuse_input_as_output(output: Path | None, inputs: dict[str, Any]) -> None:
+    """Refuse `-o` naming one of the command's input files (it would be replaced by the report)."""
+    if output is None:
+        return
+    for option, value in inputs.items():
+        if value is None:
+            continue
+        candidate = Path(str(value))
+        try:
+            same = candidate.exists() and Path(output).exists() and os.path.samefile(candidate, output)
+        except OSError:
+            same = False
+        if same or Path(output).resolve() == candidate.resolve():
+            raise TrdeployError(f"-o {output} is the {option} input; writing the report there would destroy it.", hint="Choose another output path.")
 
 
 def write_atomic(path: str | Path, content: str | bytes, *, force: bool = False) -> Path:
@@ -88,7 +159,10 @@ def write_atomic(path: str | Path, content: str | bytes, *, force: bool = False)
     path = Path(path)
     ensure_writable(path, force=force)
     data = content.encode("utf-8") if isinstance(content, str) else content
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as exc:
+        raise TrdeployError(f"Cannot write {path}: {exc.strerror or exc}.", hint="Choose a folder you can write to.") from None
     try:
         # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus umask).
         umask = os.umask(0)
@@ -99,6 +173,9 @@ def write_atomic(path: str | Path, content: str | bytes, *, force: bool = False)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota, a folder made read-only meanwhile
+        Path(tmp).unlink(missing_ok=True)
+        raise TrdeployError(f"Cannot write {path}: {exc.strerror or exc}.", hint="Free space or choose another path.") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -112,8 +189,11 @@ def atomic_directory(path: str | Path, *, force: bool = False) -> Iterator[Path]
     An interrupted or failed run leaves no folder at `path` (and nothing that looks like output).
     """
     path = Path(path)
-    ensure_writable(path, force=force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent if str(path.parent) else "."))
+    ensure_writable(path, force=force, folder=True)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent if str(path.parent) else "."))
+    except OSError as exc:
+        raise TrdeployError(f"Cannot create {path}: {exc.strerror or exc}.", hint="Choose a folder you can write to.") from None
     try:
         yield tmp
     except BaseException:

@@ -47,6 +47,7 @@ from trdeploy.quant.calibration import (
     render_evaluation,
 )
 from trdeploy.errors import TrdeployError
+from trdeploy.hub import hub_error, looks_like_path, split_revision
 from trdeploy.output import atomic_directory, ensure_writable, to_json, warn
 
 SCHEME = "W4A16_ASYM"
@@ -354,24 +355,21 @@ def resolve_model(model: str) -> Path:
         if not (path / "config.json").is_file():
             raise TrdeployError(f"{model} has no config.json: it is not a Hugging Face checkpoint folder.", hint="Pass the folder that holds config.json and the *.safetensors weights.")
         return path
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+    if looks_like_path(model):
         raise TrdeployError(f"The model folder {model} does not exist.", hint="Check the path, or pass a hub id like meta-llama/Meta-Llama-3-8B-Instruct.")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    repo_id, revision = split_revision(model)
     try:
         return Path(
             snapshot_download(
-                model,
+                repo_id,
+                revision=revision,
                 allow_patterns=["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*.model"],
             )
         )
-    except RepositoryNotFoundError as exc:
-        raise TrdeployError(f"The hub has no model {model!r} (or it is gated and you are not logged in).", hint="Check the id, or run `hf auth login`.") from exc
-    except LocalEntryNotFoundError as exc:
-        raise TrdeployError(f"{model!r} is not in the local Hugging Face cache and the hub cannot be reached.", hint="Download it first (`hf download`), or unset HF_HUB_OFFLINE.") from exc
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise TrdeployError(f"Cannot fetch {model!r} from the hub: {str(exc).splitlines()[0][:200]}", hint="Check the id and your network, or pass a local folder.") from exc
+    except Exception as exc:  # every hub failure is one line the user can act on
+        raise hub_error(repo_id, exc, instead="pass a local checkpoint folder") from exc
 
 
 def weight_files_bytes(folder: Path) -> int:
@@ -1056,7 +1054,7 @@ def quantize(request: QuantizeRequest, reporter: Reporter | None = None) -> dict
     if request.eval_seq_len < 64:
         raise TrdeployError(f"--eval-seq-len must be at least 64 (got {request.eval_seq_len}).", hint="512 is a good default.")
     output = Path(request.output).expanduser()
-    ensure_writable(output, force=request.force)
+    ensure_writable(output, force=request.force, folder=True)
     stale = sorted(output.parent.glob(f".{output.name}.partial-*"))
     if stale:
         warn(f"{len(stale)} unfinished folder(s) from an interrupted run beside {output} ({stale[0].name}{', ...' if len(stale) > 1 else ''}); they are not checkpoints, delete them.")
