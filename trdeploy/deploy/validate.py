@@ -98,7 +98,10 @@ def validate_checkov(folder: Path, report: ValidationReport) -> None:
     binary = _checkov_binary()
     if binary is None:
         raise TrdeployError("checkov is not installed.", hint="Run scripts/ci/k8s-tools.sh (checkov gets its own virtual environment).")
-    cmd = [binary, "-d", str(folder), "--framework", "kubernetes", "--skip-download", "--compact",
+    # Files, not -d: checkov skips hidden folders, and the atomic write renders into one.
+    kust = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8"))
+    files = [arg for name in kust["resources"] for arg in ("-f", str(folder / name))]
+    cmd = [binary, *files, "--framework", "kubernetes", "--skip-download", "--compact",
            "-o", "json", "--skip-check", ",".join(CHECKOV_SKIPS)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
     try:
