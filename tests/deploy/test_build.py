@@ -326,3 +326,14 @@ def test_failed_step_is_one_line_and_leaves_no_tag(docker_client, tmp_path):
 
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(tag)
+
+
+def test_push_failure_and_bad_tag_are_one_line(docker_client, vllm_base_image):
+    r = run_cli("build", str(BF16_H100), "--base-image", vllm_base_image, "--tag", "Bad Tag")
+    assert r.returncode == 2 and "not a valid image reference" in r.stderr, r.stderr
+    tag = "127.0.0.1:9/trdeploy-test/push:1"  # nothing listens on port 9
+    r = run_cli("build", str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag, "--push")
+    assert r.returncode == 2, r.stderr[-2000:]
+    error = [l for l in r.stderr.splitlines() if l.startswith("Error:")]
+    assert len(error) == 1 and "Push of 127.0.0.1:9/trdeploy-test/push:1 failed" in error[0], r.stderr[-2000:]
+    docker_client.images.remove(tag, force=True)

@@ -33,6 +33,11 @@ from trdeploy.errors import TrdeployError
 from trdeploy.output import atomic_directory
 
 TAIL_LINES = 12
+# A docker image reference, [registry[:port]/]path[:tag] (the distribution grammar, without digests).
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG_RE = re.compile(
+    rf"^(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?$"
+)
 LineSink = Callable[[str], None]
 
 
@@ -276,8 +281,10 @@ def build(req: BuildRequest, on_line: LineSink = lambda line: None) -> BuildResu
     token = _hf_token(req) if context.needs_secrets else None
     if context.needs_secrets:
         buildkit_command()  # fail before contacting the engine for minutes
-    client = docker_client()
     tag = req.tag or default_tag(profile, context)
+    if not _TAG_RE.match(tag):
+        raise TrdeployError(f"--tag {tag!r} is not a valid image reference.", hint="Use [REGISTRY/]NAME[:TAG], lowercase.")
+    client = docker_client()
     labels = {
         "org.opencontainers.image.created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "org.opencontainers.image.ref.name": tag,
@@ -294,8 +301,11 @@ def build(req: BuildRequest, on_line: LineSink = lambda line: None) -> BuildResu
             builder = "classic"
     seconds = round(time.monotonic() - started, 1)
     repo, name = _split_tag(tag)
-    client.api.tag(image_id, repo, name)
-    size = client.api.inspect_image(image_id).get("Size")
+    try:
+        client.api.tag(image_id, repo, name)
+        size = client.api.inspect_image(image_id).get("Size")
+    except Exception as exc:
+        raise TrdeployError(f"Tagging {image_id[:19]} as {tag} failed: {exc}.", hint="Check the engine and the tag.") from exc
     pushed = False
     if req.push:
         _push(client, repo, name, on_line)
