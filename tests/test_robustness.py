@@ -98,3 +98,70 @@ def test_to_json_writes_null_for_nan_and_infinity() -> None:
     text = to_json({"a": math.nan, "b": [math.inf, -math.inf, 1.5], "c": np.float64("nan"), "d": (math.nan,)})
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"a": None, "b": [None, None, 1.5], "c": None, "d": [None]}
+
+
+# ---------------------------------------------------------------------------------------------
+# bench: bad --url / --api-key / NaN are one line before any request; SIGTERM keeps the report
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://localhost:99999", "Port out of range"),
+        ("http://localhost:abc", "Port could not be cast"),
+        ("http://[::1", "Invalid IPv6"),
+        ("http://[zz]:80", "IPv4 or IPv6"),
+        ("http://local host:80", "control characters"),
+    ],
+)
+def test_bad_url_is_one_line(url: str, says: str) -> None:
+    # Before: ValueError tracebacks from urllib/httpx.
+    assert_one_line_error(invoke("bench", "--url", url, "-m", "x", "-n", "1"), contains=says)
+
+
+@pytest.mark.parametrize("key", ["abc\r\nX-Injected: 1", "abc\n", "schlüssel"])
+def test_api_key_that_cannot_be_a_header_is_refused(key: str) -> None:
+    # Before: CR/LF went out on the wire (header injection) or UnicodeEncodeError traceback.
+    assert_one_line_error(invoke("bench", "--url", "http://127.0.0.1:9", "-m", "x", "-n", "1", "--api-key", key), contains="HTTP header")
+
+
+@pytest.mark.parametrize(("option", "value"), [("--extra-body", '{"top_p": NaN}'), ("--extra-body", '{"x": [Infinity]}'), ("--temperature", "nan")])
+def test_no_nan_is_sent_to_the_server(option: str, value: str) -> None:
+    # Before: sent as the non-JSON literal NaN (every request failed, exit 1).
+    assert_one_line_error(invoke("bench", "--url", "http://127.0.0.1:9", "-m", "x", "-n", "1", option, value))
+
+
+def test_bench_output_equal_to_its_prompts_file_is_refused(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Merhaba, nasılsın?\n")
+    # Before: the benchmark ran and replaced the prompts with its report.
+    result = invoke("bench", "--url", "http://127.0.0.1:9", "-m", "x", "-n", "1", "--prompts", str(prompts), "-o", str(prompts), "--force")
+    assert_one_line_error(result, contains="--prompts input")
+    assert prompts.read_text() == "Merhaba, nasılsın?\n"
+
+
+def test_sigterm_writes_the_partial_report_like_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests._bench_servers import start_timed_server
+    from tests.conftest import ROOT
+
+    server = start_timed_server(tmp_path / "timed.log", ttft_s=0.05, itl_s=0.01)
+    try:
+        out = tmp_path / "partial.json"
+        cmd = [sys.executable, "-m", "trdeploy", "bench", "--url", server.url, "-c", "2", "-n", "5000",
+               "--output-tokens", "8", "--json", "-o", str(out), "--no-server-metrics"]  # fmt: skip
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(4)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        server.stop()
+    # Before: killed at once (exit -15), no report.
+    assert proc.returncode == 130, stderr
+    report = json.loads(stdout)
+    assert report["interrupted"] and 0 < report["runs"][0]["completed"] < 5000
+    assert json.loads(out.read_text()) == report and "Traceback" not in stderr

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import ipaddress
 import json
 import math
 import re
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -314,11 +316,35 @@ class BenchPlan:
 def normalize_url(url: str) -> tuple[str, str]:
     """(server root, v1 prefix) from a URL given with or without its /v1."""
     url = url.strip().rstrip("/")
+    hint = "Pass the server root, e.g. --url http://localhost:8000."
     if not re.match(r"^https?://[^/\s]+", url):
-        raise TrdeployError(f"--url {url!r} is not an http(s) URL.", hint="Pass the server root, e.g. --url http://localhost:8000.")
+        raise TrdeployError(f"--url {url!r} is not an http(s) URL.", hint=hint)
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        raise TrdeployError(f"--url {url!r} contains spaces or control characters.", hint=hint)
+    try:  # urllib and httpx raise ValueError for a port out of range, a non-numeric port or bad IPv6
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+        if "[" in parts.netloc:
+            ipaddress.IPv6Address((host or "").split("%")[0])
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise TrdeployError(f"--url {url!r} is not a valid URL ({exc}).", hint=hint) from None
+    if not host:
+        raise TrdeployError(f"--url {url!r} has no host.", hint=hint)
+    if port == 0:
+        raise TrdeployError(f"--url {url!r}: port 0 is not a server port.", hint=hint)
     if url.endswith("/v1"):
         return url[:-3], "/v1"
     return url, "/v1"
+
+
+def check_header_value(value: str, what: str) -> None:
+    """Refuse a value that cannot be an HTTP header: CR/LF would inject headers, and HTTP/1.1 header
+    values are visible ASCII (httpx would raise UnicodeEncodeError deep in a request)."""
+    bad = next((ch for ch in value if not (0x20 <= ord(ch) < 0x7F or ch == "\t")), None)
+    if bad is not None:
+        raise TrdeployError(f"{what} contains {bad!r}, which an HTTP header cannot carry.", hint="Pass the token alone, without line breaks or non-ASCII characters.")
 
 
 def parse_sweep(text: str) -> tuple[str, list[float]]:
@@ -507,6 +533,14 @@ def plan_bench(
         raise TrdeployError(f"--warmup must be 0 or more (got {warmup}).", hint="Requests sent before measuring.")
     if not (gauge_interval_s == 0 or gauge_interval_s >= 0.1):  # also refuses NaN
         raise TrdeployError(f"--gauge-interval must be 0 (off) or at least 0.1 s (got {gauge_interval_s}).", hint="E.g. --gauge-interval 5.")
+    if temperature is not None and not math.isfinite(temperature):
+        raise TrdeployError(f"--temperature must be a finite number (got {temperature}).", hint="E.g. --temperature 0.7.")
+    try:  # what would go on the wire: JSON has no NaN or Infinity, and servers reject or misread them
+        json.dumps(extra, allow_nan=False)
+    except ValueError:
+        raise TrdeployError("--extra-body contains NaN or Infinity, which JSON (and the server) cannot take.", hint="Use finite numbers.") from None
+    if api_key:
+        check_header_value(api_key, "--api-key (or OPENAI_API_KEY)")
     sampling = Sampling(max_tokens=output_tokens, ignore_eos=ignore_eos, min_tokens=min_tokens, temperature=temperature, extra_body=extra)
     endpoint = Endpoint(base_url=base_url, api=api, model=model or "", api_key=api_key or None, timeout_s=timeout_s, v1_prefix=v1)  # type: ignore[arg-type]
     return BenchPlan(
@@ -733,12 +767,14 @@ def run_bench(
         loop = asyncio.get_running_loop()
         installed = False
         if handle_sigint:
-            def on_sigint() -> None:
+            def on_signal(signum: int) -> None:
                 stop.set()
-                loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C interrupts for good
+                loop.remove_signal_handler(signum)  # a second Ctrl-C (or SIGTERM) interrupts for good
 
+            # SIGTERM (kill, a CI job's timeout, a Kubernetes pod ending) keeps the partial report too.
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGINT, on_sigint)
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(signum, on_signal, signum)
                 installed = True
         outcomes: list[RunOutcome] = []
         warm = None
@@ -753,8 +789,9 @@ def run_bench(
                 outcomes.append(await _run_one(plan, spec, prompts, stop, on_done))
         finally:
             if installed:
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(signal.SIGINT)
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(Exception):
+                        loop.remove_signal_handler(signum)
         return outcomes, warm, stop.is_set()
 
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt
 from trdeploy.errors import TrdeployError
-from trdeploy.output import emit, ensure_writable, progress, to_json, warn, write_atomic
+from trdeploy.output import emit, ensure_writable, progress, refuse_input_as_output, to_json, warn, write_atomic
 
 HELP = """Measure a live OpenAI-compatible endpoint (vLLM first) against the SLA.
 
@@ -90,6 +90,9 @@ def bench(
     for path in (output, plot):
         if path is not None:
             ensure_writable(path, force=force)
+    inputs = {"--prompts": prompts if Path(prompts).is_file() else None, "--profile": profile, "--dataset": dataset}
+    refuse_input_as_output(output, {**inputs, "--plot": plot})
+    refuse_input_as_output(plot, inputs)
     if plot is not None and plot.suffix.lower() != ".png":
         raise TrdeployError(f"--plot {plot} should end in .png.", hint="E.g. --plot bench.png.")
     if plot is not None and importlib.util.find_spec("matplotlib") is None:  # fail before the run, not after
