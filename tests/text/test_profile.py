@@ -224,19 +224,6 @@ def test_hub_model_id_from_cache_offline(tmp_path, hf_folder):
     assert_user_error(run_cli("profile", "-t", "acme/not-cached", env={**env, **OFFLINE}), "acme/not-cached", "local Hugging Face cache")
 
 
-def test_hub_error_messages():
-    import httpx
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    from trdeploy.text.tokenizers import _hub_error
-
-    response = httpx.Response(401, request=httpx.Request("GET", "https://huggingface.co/api/models/meta-llama/x"))
-    gated = _hub_error("meta-llama/x", GatedRepoError("gated", response=response))
-    assert "gated" in gated.message and "HF_TOKEN" in gated.one_line()
-    missing = _hub_error("acme/x", RepositoryNotFoundError("missing", response=response))
-    assert "acme/x" in missing.message and "private" in missing.message
-
-
 # ---------------------------------------------------------------------------------------------
 # Corpora through the CLI (the real entry point), each compared with an independent count
 

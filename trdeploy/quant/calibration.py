@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trdeploy.errors import TrdeployError
+from trdeploy.hub import looks_like_path
 
 Kind = Literal["chat", "text"]
 
@@ -118,17 +119,13 @@ def load_calibration_records(
     if path.exists():
         table = _read_local(path)
         return records_from_table(table, source=str(path), text_column=text_column)
-    if _looks_like_path(dataset):
+    if looks_like_path(dataset, LOCAL_SUFFIXES):
         raise TrdeployError(
             f"Calibration dataset {dataset} does not exist.",
             hint="Pass an existing .jsonl/.json/.parquet file or folder, or a hub dataset id like `org/name`.",
         )
     table = _read_hub(dataset, split=split, config_name=config_name)
     return records_from_table(table, source=f"hub:{dataset}" + (f"/{config_name}" if config_name else "") + f"[{split}]", text_column=text_column)
-
-
-def _looks_like_path(value: str) -> bool:
-    return value.startswith((".", "/", "~")) or value.endswith(LOCAL_SUFFIXES) or value.count("/") > 1 or "\\" in value
 
 
 def _read_local(path: Path) -> list[dict[str, Any]]:

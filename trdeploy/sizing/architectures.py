@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trdeploy.errors import TrdeployError
+from trdeploy.hub import hub_error, is_hub_id, looks_like_path, split_revision
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 VOCAB_PADDING = 64  # vLLM pads vocab-parallel embeddings and lm_head to a multiple of 64 rows
@@ -335,21 +336,7 @@ def resolve_local(folder: Path) -> ResolvedModel:
 # ---------------------------------------------------------------------------------------------
 # Hub ids
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-
-
-def _hub_error(repo_id: str, exc: Exception) -> TrdeployError:
-    name = type(exc).__name__
-    if name == "GatedRepoError":
-        return TrdeployError(f"{repo_id} is gated on the Hugging Face hub.", hint="Accept its licence on the hub and set HF_TOKEN, or use a preset.")
-    if name in ("RepositoryNotFoundError", "RevisionNotFoundError"):
-        return TrdeployError(f"{repo_id} was not found on the Hugging Face hub.", hint="Check the id (and HF_TOKEN for private repos), or use a preset.")
-    if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
-        return TrdeployError(
-            f"{repo_id}'s config.json is not in the local Hugging Face cache and the hub cannot be reached.",
-            hint="Run once with network access (or unset HF_HUB_OFFLINE), pass a local folder, or use a preset.",
-        )
-    return TrdeployError(f"Could not read {repo_id} from the Hugging Face hub ({name}).", hint="Check the network and the id, or use a preset.")
+_INSTEAD = "pass a local folder or use a preset"
 
 
 def _hub_json(repo_id: str, revision: str | None, filename: str, *, optional: bool) -> dict[str, Any] | None:
@@ -361,7 +348,7 @@ def _hub_json(repo_id: str, revision: str | None, filename: str, *, optional: bo
     except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: check it first
         if optional:
             return None
-        raise _hub_error(repo_id, exc) from None
+        raise hub_error(repo_id, exc, instead=_INSTEAD) from None
     except EntryNotFoundError:
         if optional:
             return None
@@ -369,22 +356,22 @@ def _hub_json(repo_id: str, revision: str | None, filename: str, *, optional: bo
     except Exception as exc:  # network, auth, offline: one line for the user
         if optional and type(exc).__name__ not in ("GatedRepoError", "RepositoryNotFoundError"):
             return None
-        raise _hub_error(repo_id, exc) from None
+        raise hub_error(repo_id, exc, instead=_INSTEAD) from None
     return _read_json(Path(path), f"{filename} of {repo_id}")
 
 
 def resolve_hub(spec: str) -> ResolvedModel:
-    repo_id, _, revision = spec.partition("@")
-    config = _hub_json(repo_id, revision or None, "config.json", optional=False)
+    repo_id, revision = split_revision(spec)
+    config = _hub_json(repo_id, revision, "config.json", optional=False)
     assert config is not None
     arch = architecture_from_config(config, name=repo_id, where=f"{repo_id}/config.json")
     qc = config.get("quantization_config")
     if not qc:
-        qc = _hub_json(repo_id, revision or None, "quantize_config.json", optional=True)
+        qc = _hub_json(repo_id, revision, "quantize_config.json", optional=True)
         if qc:
             qc.setdefault("quant_method", "awq" if "w_bit" in qc or "zero_point" in qc else "gptq")
     quant = quant_from_config(qc, repo_id)
-    index = _hub_json(repo_id, revision or None, "model.safetensors.index.json", optional=True)
+    index = _hub_json(repo_id, revision, "model.safetensors.index.json", optional=True)
     nbytes = None
     if index and isinstance(index.get("metadata"), dict) and index["metadata"].get("total_size"):
         nbytes = int(index["metadata"]["total_size"])
@@ -417,9 +404,9 @@ def resolve_model(spec: str) -> ResolvedModel:
         if not path.is_dir():
             raise TrdeployError(f"{path} is a file, not a checkpoint folder.", hint="Point --model at the folder that holds config.json.")
         return resolve_local(path)
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+    if looks_like_path(spec):
         raise TrdeployError(f"No checkpoint folder at {path}.", hint="Check the path, or use a preset or a hub id.")
-    if _HUB_ID.match(spec):
+    if is_hub_id(spec):
         return resolve_hub(spec)
     raise TrdeployError(f"Unknown model '{spec}'.", hint=f"Use a preset ({', '.join(PRESETS)}), a local folder or a hub id (org/name).")
 

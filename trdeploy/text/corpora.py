@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trdeploy.errors import TrdeployError
+from trdeploy.hub import hub_error, is_hub_id, not_cached_error
 
 BATCH_BYTES = 1 << 20  # about a megabyte of text per batch: big enough for threads, small enough to stream
 BATCH_DOCUMENTS = 16_384
@@ -44,7 +44,6 @@ _SUFFIX_FORMAT = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-_HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LANG_CODES = {"tr": "tr", "tur": "tr", "tr_latn": "tr", "tur_latn": "tr", "en": "en", "eng": "en", "en_latn": "en", "eng_latn": "en"}
 _HEADER_NAMES = {
     "tr": "tr", "tur": "tr", "turkish": "tr", "türkçe": "tr", "turkce": "tr",
@@ -429,19 +428,19 @@ def load_hub_dataset(repo_id: str, subset: str | None = None, split: str = "trai
 def _dataset_error(repo_id: str, exc: Exception) -> TrdeployError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     name = type(exc).__name__
-    if name in ("DatasetNotFoundError", "RepositoryNotFoundError", "FileNotFoundError", "DataFilesNotFoundError"):
+    if name in ("FileNotFoundError", "DataFilesNotFoundError"):  # datasets': no data files at that name
         return TrdeployError(
             f"No local file or hub dataset named {repo_id} ({first}).",
             hint="Check the path or the dataset id; for a gated or private dataset set HF_TOKEN.",
         )
-    if name in ("ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError"):
-        return TrdeployError(
-            f"The hub dataset {repo_id} is not in the local cache and the hub cannot be reached.",
-            hint="Download it once online (unset HF_HUB_OFFLINE), or pass a local file.",
-        )
+    if name == "ConnectionError":  # datasets' own offline failure
+        return not_cached_error(repo_id, instead=_HUB_INSTEAD)
     if isinstance(exc, ValueError):  # datasets: bad split or config name
         return TrdeployError(f"The hub dataset {repo_id}: {first}", hint="Pass a split and a subset (configuration) from the names it lists.")
-    return TrdeployError(f"Could not read the hub dataset {repo_id}: {name}: {first}", hint="Check the dataset id, its split and its subset (configuration).")
+    return hub_error(repo_id, exc, kind="dataset", instead=_HUB_INSTEAD)
+
+
+_HUB_INSTEAD = "pass a local file"
 
 
 def _read_hub_dataset(corpus: Corpus, subset: str | None, split: str) -> Iterator[DocumentBatch]:
@@ -618,7 +617,7 @@ def open_corpus(
     if fmt not in FORMATS:
         raise TrdeployError(f"Unknown corpus format '{fmt}'.", hint=f"Use one of: {', '.join(FORMATS)}.")
     path = Path(spec).expanduser()
-    if not path.exists() and _HUB_DATASET.match(spec) and path.suffix.lower() not in _SUFFIX_FORMAT:
+    if not path.exists() and is_hub_id(spec, revision=False, file_suffixes=_SUFFIX_FORMAT):
         corpus = Corpus(spec, "hub_dataset", spec, False, lambda c: _read_hub_dataset(c, subset, split), float(limit) if limit else None, "documents", field)
         corpus.reader = _limited(corpus.reader, limit)
         return corpus

@@ -29,6 +29,7 @@ from pathlib import Path
 from threading import Lock
 
 from trdeploy.errors import TrdeployError
+from trdeploy.hub import hub_error, is_hub_id, looks_like_path, split_revision
 
 # llama_models splits text before tiktoken sees it (tiktoken can panic on very long runs); counts of
 # long documents must follow the same split to equal `Tokenizer.encode` exactly.
@@ -47,7 +48,6 @@ HUB_TOKENIZER_FILES = [
 ]
 
 BUILTIN = {"llama3": "llama3", "llama-3": "llama3", "llama4": "llama4", "llama-4": "llama4"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 SPEC_HINT = (
     "Use llama3, llama4, a folder with tokenizer.json, a tiktoken BPE file, "
     "or a hub model id such as meta-llama/Meta-Llama-3-8B-Instruct."
@@ -406,63 +406,18 @@ def _from_folder(folder: Path, name: str, source: str) -> Tokenizer:
     )
 
 
-def _hub_error(repo_id: str, exc: Exception) -> TrdeployError:
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(exc, GatedRepoError):
-        return TrdeployError(
-            f"{repo_id} is a gated repository and this machine has no access to it.",
-            hint=f"Accept its license on https://huggingface.co/{repo_id} and set HF_TOKEN (or run `hf auth login`).",
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        return TrdeployError(
-            f"No tokenizer '{repo_id}' here or on the Hugging Face hub (or it is private).",
-            hint="Check the model id; for a private repository set HF_TOKEN. " + SPEC_HINT,
-        )
-    if isinstance(exc, RevisionNotFoundError):
-        return TrdeployError(f"{repo_id}: that revision does not exist.", hint="Check the branch, tag or commit after '@'.")
-    if isinstance(exc, LocalEntryNotFoundError | OfflineModeIsEnabled):
-        return TrdeployError(
-            f"{repo_id} is not in the local Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE or no network).",
-            hint="Download it once online (unset HF_HUB_OFFLINE), or pass a local folder with tokenizer.json.",
-        )
-    if isinstance(exc, HfHubHTTPError):
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status in (401, 403):
-            return TrdeployError(
-                f"The hub refused access to {repo_id} (HTTP {status}).",
-                hint="Set HF_TOKEN to a token that can read it (and accept the model's license on the hub).",
-            )
-        return TrdeployError(f"The hub returned an error for {repo_id}: {str(exc).splitlines()[0]}", hint="Try again later.")
-    return TrdeployError(
-        f"Could not download the tokenizer of {repo_id}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}",
-        hint="Check the network, or set HF_HUB_OFFLINE=1 to use the local cache.",
-    )
-
-
 def _from_hub(spec: str) -> Tokenizer:
     from huggingface_hub import snapshot_download
 
-    repo_id, _, revision = spec.partition("@")
+    repo_id, revision = split_revision(spec)
     try:
-        folder = snapshot_download(repo_id, revision=revision or None, allow_patterns=HUB_TOKENIZER_FILES)
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=HUB_TOKENIZER_FILES)
     except Exception as exc:  # mapped to one line: every hub failure is something the user can fix
-        raise _hub_error(repo_id, exc) from exc
+        raise hub_error(repo_id, exc, kind="tokenizer", instead="pass a local folder with tokenizer.json") from exc
     return _from_folder(Path(folder), spec, f"hub:{spec}")
 
 
 _FILE_SUFFIXES = {".model", ".json", ".tiktoken", ".bpe", ".txt"}
-
-
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or Path(spec).suffix.lower() in _FILE_SUFFIXES
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
@@ -484,8 +439,8 @@ def load_tokenizer(spec: str) -> Tokenizer:
         if is_tiktoken_file(path):
             return _tiktoken_from_file(path)
         raise TrdeployError(f"{path} is neither a tiktoken BPE file nor a tokenizer.json.", hint=SPEC_HINT)
-    if _HUB_ID.match(spec) and Path(spec.partition("@")[0]).suffix.lower() not in _FILE_SUFFIXES:
+    if is_hub_id(spec, file_suffixes=_FILE_SUFFIXES):
         return _from_hub(spec)
-    if _looks_like_path(spec):
+    if looks_like_path(spec, _FILE_SUFFIXES):
         raise TrdeployError(f"The tokenizer path {spec} does not exist.", hint=SPEC_HINT)
     raise TrdeployError(f"Unknown tokenizer '{spec}'.", hint=SPEC_HINT)
