@@ -222,7 +222,7 @@ def _plan(profile: DeploymentProfile, opts: RenderOptions) -> _Plan:
     cache_gi = opts.cache_size_gi or int(math.ceil(weights_total_gi * 1.25 + 20))
 
     served = profile.engine_args.served_model_name or profile.model.id
-    image = opts.image or f"vllm/vllm-openai:v{profile.vllm_version}"
+    image = opts.image or _default_image(profile)
     return _Plan(
         name=name, namespace=opts.namespace, image=image, gpus=gpus, nodes=nodes, gpus_per_pod=gpus_per_pod,
         served_model_name=served, replicas_min=replicas_min, replicas_max=replicas_max, target=target,
@@ -230,6 +230,17 @@ def _plan(profile: DeploymentProfile, opts: RenderOptions) -> _Plan:
         scale_up_window_s=scale_up_window, drain_s=drain, grace_s=grace, shm_gi=shm_gi, cpu=cpu,
         memory_gi=memory_gi, cache_gi=cache_gi, m=m,
     )
+
+
+def _default_image(profile: DeploymentProfile) -> str:
+    """vllm/vllm-openai at the profile's vLLM version, in the CUDA build `trdeploy build` would base on
+    for the tier's driver (one place decides that); the plain release tag when no driver is known."""
+    from trdeploy.deploy.image import BuildOptions, choose_base
+
+    try:
+        return choose_base(profile, BuildOptions())[0]
+    except TrdeployError:
+        return f"vllm/vllm-openai:v{profile.vllm_version.lstrip('v')}"
 
 
 # ---------------------------------------------------------------------------------------------
