@@ -165,3 +165,44 @@ def test_sigterm_writes_the_partial_report_like_ctrl_c(tmp_path: Path) -> None:
     report = json.loads(stdout)
     assert report["interrupted"] and 0 < report["runs"][0]["completed"] < 5000
     assert json.loads(out.read_text()) == report and "Traceback" not in stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Usage errors and stdout failures
+
+
+@pytest.mark.parametrize("args", [(), ("tune",), ("render-k8s",), ("build",), ("quantize",), ("tune", "--gpu", "h100", "--bogus"), ("nope",)])
+def test_usage_errors_are_one_line_on_stderr_and_nothing_on_stdout(args: tuple[str, ...]) -> None:
+    # Before: a bare `trdeploy`, `tune`, `render-k8s` or `build` printed its whole help on stdout.
+    result = invoke(*args)
+    assert result.code == 2 and result.stdout == "", (result.code, result.stdout[:300])
+    lines = result.error_lines
+    assert lines[0].startswith("Usage: trdeploy") and lines[-1].startswith("Error: ") and len(lines) == 3, result.stderr
+
+
+@pytest.mark.parametrize("args", [("--version",), ("profile", "--json", "--limit", "20")])
+def test_full_disk_on_stdout_is_one_line(args: tuple[str, ...]) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "trdeploy", *args], cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    # Before: an OSError traceback.
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["Error: Cannot write the output (stdout): No space left on device."]
+
+
+def test_closed_pipe_ends_quietly() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "trdeploy", "profile", "--limit", "200"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(1)
+    proc.stdout.close()  # like `| head -c1`
+    stderr = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert proc.returncode == 141 and stderr == "", (proc.returncode, stderr)

@@ -32,6 +32,32 @@ console = Console(soft_wrap=False)
 err_console = Console(stderr=True)
 
 
+# 128 + SIGPIPE: what a shell reports for a writer whose reader went away (`trdeploy ... | head -c1`),
+# kept apart from bench's 1 (SLA failed).
+EXIT_BROKEN_PIPE = 141
+
+
+def silence_stdout() -> None:
+    """Point stdout's descriptor at /dev/null: what is still buffered for a closed or full stdout
+    would fail again at interpreter exit ("Exception ignored ... BrokenPipeError")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture stdout)
+        pass
+
+
+def broken_pipe_exit() -> None:
+    """The reader of stdout went away: end quietly, as `cat` or `grep` do (no traceback, no message)."""
+    silence_stdout()
+    raise SystemExit(EXIT_BROKEN_PIPE)
+
+
+# rich's own handler exits 1 (bench's "SLA failed"); every closed pipe ends the same way instead.
+console.on_broken_pipe = broken_pipe_exit  # type: ignore[method-assign]
+
+
 def finite(value: Any) -> Any:
     """`value` with every NaN or infinite float replaced by None: JSON has no NaN (json.dumps would
     write the non-standard `NaN`/`Infinity`, which strict parsers such as jq and JavaScript reject)."""
@@ -64,8 +90,11 @@ def to_json(data: Any) -> str:
 def emit(data: Any, *, as_json: bool, render: Callable[[Console], None]) -> None:
     """Print `data` as JSON (machines) or call `render` with the console (humans)."""
     if as_json:
-        sys.stdout.write(to_json(data) + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(to_json(data) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            broken_pipe_exit()
     else:
         render(console)
 

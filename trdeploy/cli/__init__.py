@@ -23,7 +23,7 @@ from trdeploy import __version__
 from trdeploy.errors import TrdeployError
 from rich.markup import escape
 
-from trdeploy.output import err_console
+from trdeploy.output import broken_pipe_exit, err_console, silence_stdout
 
 app = typer.Typer(
     name="trdeploy",
@@ -44,7 +44,10 @@ _state = {"debug": os.environ.get("TRDEPLOY_DEBUG", "") not in ("", "0")}
 
 def _version(value: bool) -> None:
     if value:
-        print(f"trdeploy {__version__}")
+        try:
+            print(f"trdeploy {__version__}", flush=True)
+        except BrokenPipeError:
+            broken_pipe_exit()
         raise typer.Exit()
 
 
@@ -73,14 +76,40 @@ def _register() -> None:
 _register()
 
 
+def _command():
+    """The click command behind `app`, with no command printing its full help for missing arguments:
+    a bare `trdeploy` or `trdeploy tune` is a usage error (one line and the usage hint on stderr,
+    nothing on stdout), like any other; `-h` prints the help."""
+    import typer.main
+
+    command = typer.main.get_command(app)
+    command.no_args_is_help = False
+    for sub in getattr(command, "commands", {}).values():
+        sub.no_args_is_help = False
+    return command
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, render `TrdeployError` as one line with exit code 2."""
     args = sys.argv[1:] if argv is None else argv
     if "--debug" in args:
         _state["debug"] = True
     try:
-        # Without standalone mode click returns the code of `typer.Exit(code)` instead of exiting.
-        code = app(args=args, prog_name="trdeploy", standalone_mode=False)
+        try:
+            # Without standalone mode click returns the code of `typer.Exit(code)` instead of exiting.
+            code = _command().main(args=args, prog_name="trdeploy", standalone_mode=False)
+        finally:
+            sys.stdout.flush()  # a full disk or closed pipe shows here, inside the handlers below
+    except BrokenPipeError:
+        broken_pipe_exit()
+    except OSError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        silence_stdout()
+        reason = exc.strerror or str(exc)
+        text = f"{exc.filename}: {reason}." if exc.filename else f"Cannot write the output (stdout): {reason}."
+        err_console.print(f"[bold red]Error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except TrdeployError as exc:
         if _state["debug"]:
             traceback.print_exc()
