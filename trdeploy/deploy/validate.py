@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,28 @@ def _load_folder(folder: Path) -> list[dict[str, Any]]:
     return objs
 
 
+def pod_templates_as_deployments(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A LeaderWorkerSet's leader and worker pod templates wrapped as Deployments, so the schema check and
+    checkov see inside the custom resource (they know PodTemplateSpec, not LeaderWorkerSet)."""
+    out: list[dict[str, Any]] = []
+    for obj in objects:
+        if obj.get("kind") != "LeaderWorkerSet":
+            continue
+        lwt = obj["spec"]["leaderWorkerTemplate"]
+        for role in ("leaderTemplate", "workerTemplate"):
+            template = lwt.get(role)
+            if template is None:
+                continue
+            meta = obj["metadata"]
+            out.append({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": f"{meta['name']}-{role.removesuffix('Template')}", "namespace": meta.get("namespace")},
+                "spec": {"selector": {"matchLabels": template["metadata"]["labels"]}, "template": template},
+            })
+    return out
+
+
 def validate_kubernetes(objects: list[dict[str, Any]], report: ValidationReport) -> None:
     try:
         import kubernetes_validate
@@ -66,6 +89,7 @@ def validate_kubernetes(objects: list[dict[str, Any]], report: ValidationReport)
     except ImportError as exc:
         raise TrdeployError("kubernetes-validate is not installed.", hint="pip install 'trdeploy[k8s]'.") from exc
     skipped: set[str] = set()
+    objects = [*objects, *pod_templates_as_deployments(objects)]
     for version in K8S_VERSIONS:
         count = 0
         for obj in objects:
@@ -74,7 +98,8 @@ def validate_kubernetes(objects: list[dict[str, Any]], report: ValidationReport)
                 kubernetes_validate.validate(obj, version, strict=True)
                 count += 1
             except SchemaNotFoundError:
-                skipped.add(f"{what} ({obj.get('apiVersion')}): custom resource, its CRD schema is not vendored; checked by kubectl kustomize only")
+                how = "its pod templates are checked as Deployments" if obj.get("kind") == "LeaderWorkerSet" else "checked by kubectl kustomize only"
+                skipped.add(f"{what} ({obj.get('apiVersion')}): custom resource, its CRD schema is not vendored; {how}")
             except kubernetes_validate.ValidationError as exc:
                 where = ".".join(str(x) for x in exc.path) or "(top)"
                 raise TrdeployError(f"Kubernetes {version} rejects {what}: {where}: {exc.message.splitlines()[0]}.", hint="This is a render-k8s bug; report it with the profile.") from exc
@@ -101,13 +126,24 @@ def validate_checkov(folder: Path, report: ValidationReport) -> None:
     # Files, not -d: checkov skips hidden folders, and the atomic write renders into one.
     kust = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8"))
     files = [arg for name in kust["resources"] for arg in ("-f", str(folder / name))]
+    with tempfile.TemporaryDirectory(prefix="trdeploy-checkov-") as extra:
+        wrapped = pod_templates_as_deployments(_load_folder(folder))
+        if wrapped:
+            path = Path(extra) / "lws-pod-templates.yaml"
+            path.write_text(yaml.safe_dump_all(wrapped, sort_keys=False), encoding="utf-8")
+            files += ["-f", str(path)]
+        _run_checkov(binary, files, folder, report)
+
+
+def _run_checkov(binary: str, files: list[str], folder: Path, report: ValidationReport) -> None:
     cmd = [binary, *files, "--framework", "kubernetes", "--skip-download", "--compact",
            "-o", "json", "--skip-check", ",".join(CHECKOV_SKIPS)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     try:
         data = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
-        raise TrdeployError(f"checkov gave no JSON (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:] }.", hint="Run it by hand to see why.") from exc
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TrdeployError(f"checkov gave no JSON (exit {proc.returncode}): {last}", hint="Run it by hand to see why.") from exc
     runs = data if isinstance(data, list) else [data]
     failed: list[str] = []
     passed = 0
@@ -130,7 +166,8 @@ def validate_kustomize(folder: Path, expected: int, report: ValidationReport) ->
         raise TrdeployError("kubectl is not installed (needed for `kubectl kustomize`).", hint="Run scripts/ci/k8s-tools.sh or install kubectl.")
     proc = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        raise TrdeployError(f"kubectl kustomize {folder} fails: {proc.stderr.strip().splitlines()[-1:]}.", hint="This is a render-k8s bug.")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TrdeployError(f"kubectl kustomize {folder} fails: {last}", hint="This is a render-k8s bug.")
     objs = [o for o in yaml.safe_load_all(proc.stdout) if o]
     if len(objs) != expected:
         raise TrdeployError(f"kubectl kustomize renders {len(objs)} objects, the folder holds {expected}.", hint="This is a render-k8s bug.")
