@@ -206,3 +206,52 @@ def test_closed_pipe_ends_quietly() -> None:
     stderr = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert proc.returncode == 141 and stderr == "", (proc.returncode, stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Broken user tokenizers, corrupt checkpoints, configs with zero heads
+
+
+def _tiktoken_file(path: Path, tokens: list[bytes], ranks: list[int] | None = None) -> Path:
+    import base64
+
+    ranks = list(range(len(tokens))) if ranks is None else ranks
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in zip(tokens, ranks)))
+    return path
+
+
+def _corpus(tmp_path: Path) -> Path:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("Merhaba dünya, nasılsınız?\nBugün hava çok güzel.\n")
+    return corpus
+
+
+def test_tiktoken_file_without_single_bytes_is_one_line(tmp_path: Path) -> None:
+    tok = _tiktoken_file(tmp_path / "t.tiktoken", [bytes([b, b]) for b in range(10)])
+    # Before: tiktoken's Rust core panicked mid-encode (PanicException and a Rust backtrace).
+    result = invoke("profile", "-t", str(tok), "--corpus", str(_corpus(tmp_path)))
+    assert_one_line_error(result, contains="single-byte tokens")
+
+
+def test_tiktoken_file_with_duplicate_ranks_is_one_line(tmp_path: Path) -> None:
+    tok = _tiktoken_file(tmp_path / "t.tiktoken", [bytes([b]) for b in range(256)], [0, *range(255)])
+    # Before: PanicException "Encoder and decoder must be of equal length".
+    assert_one_line_error(invoke("profile", "-t", str(tok), "--corpus", str(_corpus(tmp_path))), contains="same rank")
+
+
+def test_complete_byte_level_tiktoken_file_still_works(tmp_path: Path) -> None:
+    tok = _tiktoken_file(tmp_path / "t.tiktoken", [bytes([b]) for b in range(256)] + [b"er", b"ba"])
+    result = invoke("profile", "-t", str(tok), "--corpus", str(_corpus(tmp_path)), "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["results"][0]["turkish_tokens"] > 0
+
+
+def test_tokenizer_json_that_raises_at_encode_is_one_line(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    backend = Tokenizer(models.WordLevel({"a": 0}, unk_token="[UNK]"))  # its unk token is not in the vocab
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.save(str(tmp_path / "tokenizer.json"))
+    # Before: a plain Exception traceback from the Rust side at the first batch.
+    for spec in (tmp_path / "tokenizer.json", tmp_path):
+        assert_one_line_error(invoke("profile", "-t", str(spec), "--corpus", str(_corpus(tmp_path))), contains="Missing [UNK]")

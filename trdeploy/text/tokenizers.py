@@ -54,6 +54,10 @@ SPEC_HINT = (
 )
 
 
+# Encoded once when a user's tokenizer loads: Turkish letters, digits, punctuation, an emoji.
+PROBE_TEXT = "Merhaba dünya! Çağrı 42 şiir ığdır ÖÜ 🙂"
+
+
 def worker_threads() -> int:
     """Threads for batch tokenization: TRDEPLOY_THREADS, else the CPUs this process may use (at most 16)."""
     env = os.environ.get("TRDEPLOY_THREADS", "").strip()
@@ -209,9 +213,13 @@ class HFTokenizer(Tokenizer):
         if not texts:
             return []
         fast = getattr(self.backend, "encode_batch_fast", None)  # tokenizers >= 0.20: no offsets kept
-        if fast is not None:
-            return fast(texts, add_special_tokens=False)
-        return self.backend.encode_batch(texts, add_special_tokens=False)
+        try:
+            if fast is not None:
+                return fast(texts, add_special_tokens=False)
+            return self.backend.encode_batch(texts, add_special_tokens=False)
+        except Exception as exc:  # the Rust side raises a plain Exception (e.g. a WordLevel without its unk token)
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TrdeployError(f"The tokenizer {self.source} failed to encode text: {first}.", hint="Fix its tokenizer.json, or pass another tokenizer.") from None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._encode(texts)]
@@ -305,7 +313,12 @@ def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
                 try:
                     if len(parts) != 2:
                         raise ValueError
-                    ranks[base64.b64decode(parts[0], validate=True)] = int(parts[1])
+                    token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
+                    if not 0 <= rank < 2**32:  # tiktoken keeps ranks as u32
+                        raise ValueError
+                    if token in ranks:
+                        raise TrdeployError(f"{path} line {line_no} repeats a token already ranked {ranks[token]}.", hint="Each token appears once in a tiktoken BPE file.")
+                    ranks[token] = rank
                 except ValueError as exc:
                     raise TrdeployError(
                         f"{path} line {line_no} is not '<base64 token> <rank>': it is not a tiktoken BPE file.",
@@ -318,7 +331,21 @@ def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
         ) from exc
     if not ranks:
         raise TrdeployError(f"{path} is empty.", hint="Pass a tiktoken BPE file with one '<base64 token> <rank>' a line.")
+    # tiktoken's Rust core panics (not raises) on either: duplicate ranks at load, a missing byte at encode.
+    if len(set(ranks.values())) != len(ranks):
+        raise TrdeployError(f"{path} gives two tokens the same rank.", hint="Each rank appears once in a tiktoken BPE file.")
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise TrdeployError(
+            f"{path} lacks {len(missing)} of the 256 single-byte tokens (e.g. 0x{missing[0]:02x}); byte-level BPE cannot encode text without them.",
+            hint="Pass a complete tiktoken BPE file (Llama-3's tokenizer.model has all 256).",
+        )
     return ranks
+
+
+def _is_panic(exc: BaseException) -> bool:
+    # pyo3's PanicException derives from BaseException, so `except Exception` lets it through.
+    return type(exc).__name__ == "PanicException"
 
 
 def _tiktoken_from_file(path: Path, name: str | None = None) -> TiktokenTokenizer:
@@ -353,8 +380,14 @@ def _tiktoken_from_file(path: Path, name: str | None = None) -> TiktokenTokenize
             mergeable_ranks=ranks,
             special_tokens={tok: base + i for i, tok in enumerate(specials)},
         )
-    except ValueError as exc:
+        encoding.encode_ordinary(PROBE_TEXT)  # fail here, in one line, rather than mid-corpus
+    except (ValueError, OverflowError) as exc:
         raise TrdeployError(f"{path} is not a usable tiktoken BPE file: {exc}", hint="Check the file, or pass another tokenizer.") from exc
+    except BaseException as exc:
+        if not _is_panic(exc):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else "panic"
+        raise TrdeployError(f"{path} is not a usable tiktoken BPE file (tiktoken: {first}).", hint="Check the file, or pass another tokenizer.") from None
     return TiktokenTokenizer(name, str(path), encoding, pattern_name)
 
 
@@ -371,7 +404,9 @@ def _hf_from_json(path: Path, name: str, source: str) -> HFTokenizer:
     except Exception as exc:  # the Rust side raises a plain Exception for any malformed file
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TrdeployError(f"{path} is not a valid tokenizer.json: {first}.", hint="Re-save it with tokenizer.save_pretrained().") from exc
-    return HFTokenizer(name, source, backend)
+    tokenizer = HFTokenizer(name, source, backend)
+    tokenizer.count_batch([PROBE_TEXT])  # one that loads but cannot encode fails here, in one line
+    return tokenizer
 
 
 def _from_folder(folder: Path, name: str, source: str) -> Tokenizer:
