@@ -7,7 +7,7 @@ flags (vLLM's own names, underscores), so nothing downstream re-derives an engin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,6 +17,12 @@ from trdeploy.errors import TrdeployError
 from trdeploy.output import write_atomic
 
 SCHEMA_VERSION = 1
+
+# The allowed values, in one place: tune's options, the memory accounting and the profile read these.
+Quantization = Literal["none", "awq", "fp8"]  # weights: bf16, AWQ int4, fp8
+KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]  # vLLM's --kv-cache-dtype values we size
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+KV_CACHE_DTYPES: tuple[str, ...] = get_args(KvCacheDtype)
 
 
 class _Strict(BaseModel):
@@ -34,7 +40,7 @@ class EngineArgs(_Strict):
     max_num_seqs: int = Field(..., ge=1)
     max_num_batched_tokens: int = Field(..., ge=1)
     gpu_memory_utilization: float = Field(..., gt=0.0, le=1.0)
-    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    kv_cache_dtype: KvCacheDtype = "auto"
     # Only for what vLLM cannot detect from the checkpoint (online fp8). AWQ and compressed-tensors
     # checkpoints are detected by vLLM itself, so this stays None for them.
     quantization: str | None = None
@@ -139,7 +145,7 @@ class DeploymentProfile(_Strict):
     created_by: str = f"trdeploy {__version__}"
     vllm_version: str = "0.25.0"
     model: ModelInfo
-    quantization: Literal["none", "awq", "fp8"] = "none"
+    quantization: Quantization = "none"
     gpu: GpuInfo
     engine_args: EngineArgs
     workload: Workload

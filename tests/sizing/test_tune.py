@@ -138,10 +138,35 @@ def test_bad_input_is_one_line_exit_2(args, expected):
     assert expected in _one_line_error(run_cli("tune", *args))
 
 
-def test_a_negative_sla_is_the_one_line_error_from_the_library_too():
-    # The check runs before the SLA model is built, so the library raises TrdeployError, not pydantic's error.
-    with pytest.raises(TrdeployError, match="--sla-ttft-p95-ms must be positive"):
-        tune(TuneRequest(gpu="h100", max_model_len=4096, ttft_p95_ms=-1.0))
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--sla-ttft-p95-ms", "0"], "--sla-ttft-p95-ms: input should be greater than 0"),
+        (["--prompt-tokens", "0"], "--prompt-tokens: input should be greater than or equal to 1"),
+        (["--output-tokens", "0"], "--output-tokens"),
+        (["--peak-factor", "nan"], "--peak-factor: input should be a finite number"),
+        (["--requests-per-day", "inf"], "--requests-per-day: input should be a finite number"),
+        (["--tokens-per-word", "-1"], "--tokens-per-word"),
+        (["--max-model-len", "4096", "--max-num-batched-tokens", "64", "--concurrency", "100"], "--max-num-batched-tokens 64 is below the max_num_seqs"),
+    ],
+)
+def test_the_argument_model_is_the_one_line_error(args, expected):
+    # TuneRequest holds every range; zero and NaN are errors, never replaced by a default.
+    assert expected in _one_line_error(run_cli("tune", "--gpu", "h100", *args))
+
+
+def test_tune_request_is_the_source_of_the_cli_defaults():
+    import inspect
+
+    from trdeploy.cli.tune import tune as cli_tune
+
+    params = inspect.signature(cli_tune).parameters
+    fields = TuneRequest.model_fields
+    assert params["peak_factor"].default == fields["peak_factor"].default == 3.0
+    assert params["percentile"].default == fields["percentile"].default
+    assert params["model"].default == fields["model"].default
+    with pytest.raises(ValueError, match="finite"):
+        TuneRequest(gpu="h100", peak_factor=float("nan"))
 
 
 def test_the_steps_compose_to_tune():

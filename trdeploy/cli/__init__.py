@@ -13,6 +13,7 @@ import traceback
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 try:  # typer >= 0.22 vendors click as typer._click
     from typer._click import exceptions as _click_exc
@@ -20,6 +21,7 @@ except ImportError:  # pragma: no cover - older typer on real click
     from click import exceptions as _click_exc
 
 from trdeploy import __version__
+from trdeploy.args import validation_error
 from trdeploy.errors import TrdeployError
 from rich.markup import escape
 
@@ -110,11 +112,13 @@ def main(argv: list[str] | None = None) -> None:
         text = f"{exc.filename}: {reason}." if exc.filename else f"Cannot write the output (stdout): {reason}."
         err_console.print(f"[bold red]Error:[/] {escape(text)}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except TrdeployError as exc:
+    except (TrdeployError, ValidationError) as exc:
         if _state["debug"]:
             traceback.print_exc()
-        err_console.print(f"[bold red]Error:[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        # An argument model's ValidationError becomes the one-line error here, and only here.
+        error = validation_error(exc) if isinstance(exc, ValidationError) else exc
+        err_console.print(f"[bold red]Error:[/] {escape(error.one_line())}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -2,60 +2,50 @@
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt
+from trdeploy.args import default
+from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt, choices, opt
+from trdeploy.deployment import KV_CACHE_DTYPES, QUANTIZATIONS
+from trdeploy.sizing.memory import CompileCache as CompileCacheLiteral
+from trdeploy.sizing.request import TuneRequest
 from trdeploy.output import emit, ensure_writable, warn
 
-GPU_TIERS = "h100, h200, a100-80gb, a100-40gb, l40s, l4, a10g, rtx4090"
-
-
-class Quant(str, Enum):
-    none = "none"
-    awq = "awq"
-    fp8 = "fp8"
-
-
-class KvDtype(str, Enum):
-    auto = "auto"
-    fp8 = "fp8"
-
-
-class CompileCache(str, Enum):
-    cold = "cold"
-    warm = "warm"
+Quant = choices("Quant", QUANTIZATIONS)
+KvDtype = choices("KvDtype", KV_CACHE_DTYPES)
+CompileCache = choices("CompileCache", get_args(CompileCacheLiteral))
+R = TuneRequest
 
 
 def tune(
-    gpu: Annotated[str, typer.Option("--gpu", help=f"GPU tier: {GPU_TIERS}.", show_default=False)],
-    model: Annotated[str, typer.Option("--model", "-m", help="Preset (llama-3-8b, llama-3.1-70b, ...), local checkpoint folder, or hub id.")] = "llama-3-8b",
-    gpus: Annotated[Optional[int], typer.Option("--gpus", help="GPUs per replica (tensor parallelism). \\[default: the fewest that fit]")] = None,
-    quantization: Annotated[Optional[Quant], typer.Option("--quantization", "-q", help="Weights: none (bf16), awq (int4) or fp8. \\[default: what the checkpoint has, else none]")] = None,
-    kv_cache_dtype: Annotated[KvDtype, typer.Option("--kv-cache-dtype", help="KV cache dtype: auto (model dtype) or fp8 (half the bytes).")] = KvDtype.auto,
-    context_words: Annotated[Optional[int], typer.Option("--context-words", help="Turkish context the application needs, in words (converted with p95 tokens per word). \\[default: 2000]")] = None,
-    tokens_per_word: Annotated[Optional[float], typer.Option("--tokens-per-word", help="Use this tokens-per-word instead of measuring it (e.g. from `trdeploy profile`).")] = None,
-    corpus: Annotated[Optional[str], typer.Option("--corpus", help="Measure tokens per word on this Turkish corpus (text/JSONL/CSV/Parquet file or hub dataset) instead of the embedded one.")] = None,
-    percentile: Annotated[float, typer.Option("--percentile", min=1.0, max=100.0, help="Percentile of per-document tokens per word.")] = 95.0,
-    max_model_len: Annotated[Optional[int], typer.Option("--max-model-len", help="vLLM max_model_len in tokens (instead of --context-words).")] = None,
-    prompt_tokens: Annotated[Optional[int], typer.Option("--prompt-tokens", help="Typical prompt length in tokens. \\[default: 1024, or less to fit]")] = None,
-    output_tokens: Annotated[Optional[int], typer.Option("--output-tokens", help="Typical output length in tokens. \\[default: 256]")] = None,
-    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", help="Requests in flight to plan for (all replicas). \\[default: 32]")] = None,
-    requests_per_day: Annotated[Optional[float], typer.Option("--requests-per-day", help="Daily traffic to plan replicas for (instead of --concurrency).")] = None,
-    peak_factor: Annotated[float, typer.Option("--peak-factor", help="Peak-hour rate over the daily average rate.")] = 3.0,
-    sla_ttft_p95_ms: Annotated[Optional[float], typer.Option("--sla-ttft-p95-ms", help="SLA: p95 time to first token, ms.")] = None,
-    sla_e2e_p95_ms: Annotated[Optional[float], typer.Option("--sla-e2e-p95-ms", help="SLA: p95 end-to-end latency, ms.")] = None,
-    sla_tpot_ms: Annotated[Optional[float], typer.Option("--sla-tpot-ms", help="SLA: median time per output token, ms.")] = None,
-    max_num_seqs: Annotated[Optional[int], typer.Option("--max-num-seqs", help="Override vLLM max_num_seqs.")] = None,
-    max_num_batched_tokens: Annotated[Optional[int], typer.Option("--max-num-batched-tokens", help="Override vLLM max_num_batched_tokens. \\[default: vLLM's for the GPU: 8192 on H100/H200, else 2048]")] = None,
-    gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization", help="Override vLLM gpu_memory_utilization. \\[default: 0.9]")] = None,
-    compile_cache: Annotated[CompileCache, typer.Option("--compile-cache", help="Predict the first start (cold torch.compile cache) or a restart with ~/.cache/vllm kept (warm).")] = CompileCache.cold,
-    name: Annotated[Optional[str], typer.Option("--name", help="Profile name. \\[default: model-quant-gpu]")] = None,
-    served_model_name: Annotated[Optional[str], typer.Option("--served-model-name", help="vLLM served_model_name (the name clients send).")] = None,
+    gpu: Annotated[str, opt(R, "gpu", show_default=False)],
+    model: Annotated[str, opt(R, "model", "--model", "-m")] = default(R, "model"),
+    gpus: Annotated[Optional[int], opt(R, "gpus")] = default(R, "gpus"),
+    quantization: Annotated[Optional[Quant], opt(R, "quantization", "--quantization", "-q")] = default(R, "quantization"),
+    kv_cache_dtype: Annotated[KvDtype, opt(R, "kv_cache_dtype")] = default(R, "kv_cache_dtype"),
+    context_words: Annotated[Optional[int], opt(R, "context_words")] = default(R, "context_words"),
+    tokens_per_word: Annotated[Optional[float], opt(R, "tokens_per_word")] = default(R, "tokens_per_word"),
+    corpus: Annotated[Optional[str], opt(R, "corpus")] = default(R, "corpus"),
+    percentile: Annotated[float, opt(R, "percentile")] = default(R, "percentile"),
+    max_model_len: Annotated[Optional[int], opt(R, "max_model_len")] = default(R, "max_model_len"),
+    prompt_tokens: Annotated[Optional[int], opt(R, "prompt_tokens")] = default(R, "prompt_tokens"),
+    output_tokens: Annotated[Optional[int], opt(R, "output_tokens")] = default(R, "output_tokens"),
+    concurrency: Annotated[Optional[int], opt(R, "concurrency", "--concurrency", "-c")] = default(R, "concurrency"),
+    requests_per_day: Annotated[Optional[float], opt(R, "requests_per_day")] = default(R, "requests_per_day"),
+    peak_factor: Annotated[float, opt(R, "peak_factor")] = default(R, "peak_factor"),
+    sla_ttft_p95_ms: Annotated[Optional[float], opt(R, "ttft_p95_ms")] = default(R, "ttft_p95_ms"),
+    sla_e2e_p95_ms: Annotated[Optional[float], opt(R, "e2e_p95_ms")] = default(R, "e2e_p95_ms"),
+    sla_tpot_ms: Annotated[Optional[float], opt(R, "tpot_ms")] = default(R, "tpot_ms"),
+    max_num_seqs: Annotated[Optional[int], opt(R, "max_num_seqs")] = default(R, "max_num_seqs"),
+    max_num_batched_tokens: Annotated[Optional[int], opt(R, "max_num_batched_tokens")] = default(R, "max_num_batched_tokens"),
+    gpu_memory_utilization: Annotated[Optional[float], opt(R, "gpu_memory_utilization")] = default(R, "gpu_memory_utilization"),
+    compile_cache: Annotated[CompileCache, opt(R, "compile_cache")] = default(R, "compile_cache"),
+    name: Annotated[Optional[str], opt(R, "name")] = default(R, "name"),
+    served_model_name: Annotated[Optional[str], opt(R, "served_model_name")] = default(R, "served_model_name"),
     output: OutputOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -76,7 +66,6 @@ def tune(
 
         trdeploy tune --gpu a100-80gb --model ./my-turkish-llama --max-model-len 16384 --kv-cache-dtype fp8 --json
     """
-    from trdeploy.sizing.tuning import TuneRequest
     from trdeploy.sizing.tuning import tune as run_tune
 
     if output is not None:
@@ -86,7 +75,7 @@ def tune(
         model=model,
         gpus=gpus,
         quantization=quantization.value if quantization else None,
-        kv_cache_dtype=kv_cache_dtype.value,
+        kv_cache_dtype=getattr(kv_cache_dtype, "value", kv_cache_dtype),
         context_words=context_words,
         tokens_per_word=tokens_per_word,
         corpus=corpus,
@@ -103,7 +92,7 @@ def tune(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
         gpu_memory_utilization=gpu_memory_utilization,
-        compile_cache=compile_cache.value,
+        compile_cache=getattr(compile_cache, "value", compile_cache),
         name=name,
         served_model_name=served_model_name,
     )

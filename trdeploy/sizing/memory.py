@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 from trdeploy.sizing.architectures import Architecture, QuantConfig, ResolvedModel, VOCAB_PADDING
 from trdeploy.errors import TrdeployError
+from trdeploy.deployment import KV_CACHE_DTYPES, Quantization
 from trdeploy.sizing.gpus import GiB, MiB, GpuSpec
 
 KV_BLOCK_SIZE = 16  # vLLM CacheConfig.DEFAULT_BLOCK_SIZE on CUDA
@@ -82,9 +83,9 @@ CUDA_CONTEXT_GIB = 0.51
 CUDA_CONTEXT_TP_GIB = 1.47
 CUDA_GRAPH_GIB = 1.0
 
-QuantKind = Literal["none", "awq", "fp8"]
+QuantKind = Quantization
 CompileCache = Literal["cold", "warm"]
-KV_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+KV_DTYPES = KV_CACHE_DTYPES
 
 
 def cdiv(a: int, b: int) -> int:

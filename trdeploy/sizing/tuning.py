@@ -26,6 +26,14 @@ from trdeploy.deployment import SLA, DeploymentProfile, EngineArgs, GpuInfo, Mod
 from trdeploy.errors import TrdeployError
 from trdeploy.sizing.gpus import GiB, GpuSpec, get_gpu
 from trdeploy.sizing.latency import LatencyPrediction, predict_latency, step_model
+from trdeploy.sizing.request import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_CONTEXT_WORDS,
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    DEFAULT_OUTPUT_TOKENS,
+    DEFAULT_PROMPT_TOKENS,
+    TuneRequest,
+)
 from trdeploy.sizing.memory import (
     cuda_context_gib,
     CUDA_GRAPH_GIB,
@@ -40,43 +48,8 @@ from trdeploy.sizing.memory import (
     valid_tp_sizes,
 )
 
-DEFAULT_MODEL = "llama-3-8b"
-DEFAULT_CONTEXT_WORDS = 2000
-DEFAULT_PROMPT_TOKENS = 1024
-DEFAULT_OUTPUT_TOKENS = 256
-DEFAULT_CONCURRENCY = 32
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
-DEFAULT_PEAK_FACTOR = 3.0
 MAX_TP = 8
 MAX_MODEL_LEN_ROUNDING = 256
-
-
-@dataclass
-class TuneRequest:
-    gpu: str
-    model: str = DEFAULT_MODEL
-    gpus: int | None = None
-    quantization: str | None = None  # none | awq | fp8; None: what the checkpoint has, else none
-    kv_cache_dtype: str = "auto"
-    context_words: int | None = None
-    tokens_per_word: float | None = None
-    corpus: str | None = None
-    percentile: float = 95.0
-    max_model_len: int | None = None
-    prompt_tokens: int | None = None
-    output_tokens: int | None = None
-    concurrency: int | None = None
-    requests_per_day: float | None = None
-    peak_factor: float = DEFAULT_PEAK_FACTOR
-    ttft_p95_ms: float | None = None
-    e2e_p95_ms: float | None = None
-    tpot_ms: float | None = None
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    gpu_memory_utilization: float | None = None
-    compile_cache: str = "cold"
-    name: str | None = None
-    served_model_name: str | None = None
 
 
 @dataclass
@@ -335,8 +308,6 @@ def _resolve_quant(model: ResolvedModel, requested: str | None, gpu: GpuSpec, wa
     detected = model.quant.kind if model.quant else None
     if requested is None:
         return detected or "none"
-    if requested not in ("none", "awq", "fp8"):
-        raise TrdeployError(f"Unknown --quantization '{requested}'.", hint="Use none, awq or fp8.")
     if detected and requested != detected:
         raise TrdeployError(
             f"{model.id} is already a {model.quant.method} ({detected}) checkpoint; --quantization {requested} contradicts it.",  # type: ignore[union-attr]
@@ -353,34 +324,19 @@ def _resolve_quant(model: ResolvedModel, requested: str | None, gpu: GpuSpec, wa
 def resolve_target(req: TuneRequest, warnings: list[str]) -> Target:
     """Step 1: the GPU tier, the model (preset, folder, hub id) and its quantization."""
     gpu = get_gpu(req.gpu)
-    if req.compile_cache not in ("cold", "warm"):
-        raise TrdeployError(f"Unknown --compile-cache '{req.compile_cache}'.", hint="Use cold (first start) or warm.")
-    if req.kv_cache_dtype not in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2"):
-        raise TrdeployError(f"Unknown --kv-cache-dtype '{req.kv_cache_dtype}'.", hint="Use auto or fp8.")
     model = resolve_model(req.model)
     return Target(gpu=gpu, model=model, quantization=_resolve_quant(model, req.quantization, gpu, warnings))
 
 
 def check_load_and_overrides(req: TuneRequest, gpu: GpuSpec) -> float:
-    """The cheap checks, before any corpus is read. Returns gpu_memory_utilization."""
+    """The cheap checks across options (TuneRequest checks each alone), before any corpus is read.
+    Returns gpu_memory_utilization."""
     if req.concurrency is not None and req.requests_per_day is not None:
         raise TrdeployError("Pass either --concurrency or --requests-per-day, not both.", hint="--concurrency is per deployment; --requests-per-day derives it.")
-    if req.concurrency is not None and req.concurrency < 1:
-        raise TrdeployError("--concurrency must be at least 1.", hint="Pass the number of requests in flight.")
-    if req.requests_per_day is not None and req.requests_per_day <= 0:
-        raise TrdeployError("--requests-per-day must be positive.", hint="Pass the daily request volume.")
-    if req.peak_factor < 1:
-        raise TrdeployError("--peak-factor must be at least 1.", hint="It is the peak hour's rate over the daily average.")
     util = req.gpu_memory_utilization if req.gpu_memory_utilization is not None else DEFAULT_GPU_MEMORY_UTILIZATION
-    if not 0 < util <= 1:
-        raise TrdeployError(f"--gpu-memory-utilization must be in (0, 1] (got {util}).", hint="vLLM's default is 0.9.")
     _check_utilization(util, gpu, req.gpus or 1)
     mbt_user = req.max_num_batched_tokens
     seqs_user = req.max_num_seqs
-    if mbt_user is not None and mbt_user < 1:
-        raise TrdeployError("--max-num-batched-tokens must be at least 1.", hint="vLLM's default is 8192 on H100/H200, 2048 elsewhere.")
-    if seqs_user is not None and seqs_user < 1:
-        raise TrdeployError("--max-num-seqs must be at least 1.", hint="It caps the sequences decoded together.")
     if mbt_user is not None and seqs_user is not None and mbt_user < seqs_user:
         raise TrdeployError(
             f"--max-num-batched-tokens {mbt_user} is below --max-num-seqs {seqs_user}; vLLM rejects that.",
@@ -393,24 +349,16 @@ def plan_shape(req: TuneRequest, model: ResolvedModel, tokens_per_word_fn: Token
     """Step 2: max_model_len (given, or Turkish context words x tokens per word + output) and the typical request."""
     arch = model.arch
     assumptions: list[str] = []
-    output_tokens = req.output_tokens or DEFAULT_OUTPUT_TOKENS
-    if output_tokens < 1:
-        raise TrdeployError("--output-tokens must be at least 1.", hint="Pass the typical number of generated tokens.")
+    output_tokens = req.output_tokens if req.output_tokens is not None else DEFAULT_OUTPUT_TOKENS
     tpw: float | None = None
     context_words = req.context_words
     if req.max_model_len is not None:
         if context_words is not None:
             raise TrdeployError("Pass either --context-words or --max-model-len, not both.", hint="--max-model-len is in tokens; --context-words is converted.")
         max_model_len = int(req.max_model_len)
-        if max_model_len < KV_BLOCK_SIZE:
-            raise TrdeployError(f"--max-model-len {max_model_len} is too small.", hint=f"Use at least {KV_BLOCK_SIZE}.")
     else:
         context_words = context_words if context_words is not None else DEFAULT_CONTEXT_WORDS
-        if context_words < 1:
-            raise TrdeployError("--context-words must be at least 1.", hint="Pass the Turkish context the application needs, in words.")
         if req.tokens_per_word is not None:
-            if req.tokens_per_word <= 0:
-                raise TrdeployError("--tokens-per-word must be positive.", hint="Measure it with `trdeploy profile`.")
             tpw = float(req.tokens_per_word)
             assumptions.append(f"Turkish tokens per word {tpw:g} (given).")
         else:
@@ -427,9 +375,7 @@ def plan_shape(req: TuneRequest, model: ResolvedModel, tokens_per_word_fn: Token
             f"max_model_len {max_model_len} exceeds {arch.name}'s {arch.max_position_embeddings} positions.",
             hint="Ask for less context, or use a Llama-3.1+ model (131,072 positions).",
         )
-    prompt_tokens = req.prompt_tokens or min(DEFAULT_PROMPT_TOKENS, max(1, max_model_len - output_tokens))
-    if prompt_tokens < 1:
-        raise TrdeployError("--prompt-tokens must be at least 1.", hint="Pass the typical prompt length in tokens.")
+    prompt_tokens = req.prompt_tokens if req.prompt_tokens is not None else min(DEFAULT_PROMPT_TOKENS, max(1, max_model_len - output_tokens))
     if prompt_tokens + output_tokens > max_model_len:
         raise TrdeployError(
             f"A typical request ({prompt_tokens} prompt + {output_tokens} output tokens) does not fit max_model_len {max_model_len}.",
@@ -446,9 +392,6 @@ def plan_shape(req: TuneRequest, model: ResolvedModel, tokens_per_word_fn: Token
 
 
 def plan_sla(req: TuneRequest) -> SLA:
-    for label, value in (("--sla-ttft-p95-ms", req.ttft_p95_ms), ("--sla-e2e-p95-ms", req.e2e_p95_ms), ("--sla-tpot-ms", req.tpot_ms)):
-        if value is not None and value <= 0:
-            raise TrdeployError(f"{label} must be positive.", hint="Pass milliseconds.")
     return SLA(ttft_p95_ms=req.ttft_p95_ms, e2e_p95_ms=req.e2e_p95_ms, tpot_ms=req.tpot_ms)
 
 
@@ -526,7 +469,7 @@ def plan_traffic(req: TuneRequest, latency_at: Callable[[int], LatencyPrediction
             f"served by {replicas} replica(s) at {per_replica} concurrent requests each (Little's law on the predicted end-to-end latency)."
         )
         return Traffic(per_replica=per_replica, replicas=replicas, peak_rps=peak_rps, assumptions=(note,))
-    total = req.concurrency or DEFAULT_CONCURRENCY
+    total = req.concurrency if req.concurrency is not None else DEFAULT_CONCURRENCY
     notes: tuple[str, ...] = ()
     if req.concurrency is None:
         notes = (f"Planned concurrency {DEFAULT_CONCURRENCY} requests in flight (default; set --concurrency or --requests-per-day).",)
@@ -543,7 +486,14 @@ def settle_max_num_seqs(
     seqs0 = plan.max_num_seqs
     seqs = min(max(8, round_up(per_replica, 8)), max(8, kv_capacity // 8 * 8), 1024)
     seqs = max(seqs, per_replica) if per_replica <= kv_capacity else seqs
-    final_mbt = plan.max_num_batched_tokens if req.max_num_batched_tokens is not None else max(plan.max_num_batched_tokens, seqs)
+    mbt_user = req.max_num_batched_tokens
+    if mbt_user is not None and mbt_user < seqs:
+        raise TrdeployError(
+            f"--max-num-batched-tokens {mbt_user} is below the max_num_seqs {seqs} tune derives for {per_replica} concurrent "
+            "requests per replica; vLLM rejects that.",
+            hint=f"Raise --max-num-batched-tokens to at least {seqs}, or pass --max-num-seqs.",
+        )
+    final_mbt = plan.max_num_batched_tokens if mbt_user is not None else max(plan.max_num_batched_tokens, seqs)
     plan = replace(plan, max_num_seqs=seqs, max_num_batched_tokens=final_mbt)
     kv = _predict(target.model, target.gpu, plan, req.compile_cache)
     if not kv.fits:  # the sampler term grew past the margin; keep the first plan's seqs

@@ -1,0 +1,69 @@
+"""`TuneRequest`: the arguments of `tune`, the single source of their defaults, ranges and allowed values
+(`trdeploy tune`'s options read them). None means "derived": what the default is then is noted here and
+decided in trdeploy.sizing.tuning."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from trdeploy.args import Args, arg
+from trdeploy.deployment import KvCacheDtype, Quantization
+from trdeploy.sizing.gpus import GPUS
+from trdeploy.sizing.memory import KV_BLOCK_SIZE, CompileCache
+
+DEFAULT_MODEL = "llama-3-8b"
+DEFAULT_CONTEXT_WORDS = 2000
+DEFAULT_PROMPT_TOKENS = 1024
+DEFAULT_OUTPUT_TOKENS = 256
+DEFAULT_CONCURRENCY = 32
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
+DEFAULT_PEAK_FACTOR = 3.0
+DEFAULT_PERCENTILE = 95.0
+
+
+class TuneRequest(Args):
+    command: ClassVar[str] = "tune"
+
+    gpu: str = arg(..., help=f"GPU tier: {', '.join(GPUS)}.")
+    model: str = arg(DEFAULT_MODEL, help="Preset (llama-3-8b, llama-3.1-70b, ...), local checkpoint folder, or hub id.")
+    gpus: int | None = arg(None, ge=1, help="GPUs per replica (tensor parallelism).", default_note="the fewest that fit")
+    quantization: Quantization | None = arg(
+        None, help="Weights: none (bf16), awq (int4) or fp8.", default_note="what the checkpoint has, else none"
+    )
+    kv_cache_dtype: KvCacheDtype = arg("auto", help="KV cache dtype: auto (model dtype) or fp8 (half the bytes).")
+    context_words: int | None = arg(
+        None,
+        ge=1,
+        help="Turkish context the application needs, in words (converted with p95 tokens per word).",
+        default_note=str(DEFAULT_CONTEXT_WORDS),
+    )
+    tokens_per_word: float | None = arg(None, gt=0, help="Use this tokens-per-word instead of measuring it (e.g. from `trdeploy profile`).")
+    corpus: str | None = arg(
+        None, help="Measure tokens per word on this Turkish corpus (text/JSONL/CSV/Parquet file or hub dataset) instead of the embedded one."
+    )
+    percentile: float = arg(DEFAULT_PERCENTILE, ge=1.0, le=100.0, help="Percentile of per-document tokens per word.")
+    max_model_len: int | None = arg(None, ge=KV_BLOCK_SIZE, help="vLLM max_model_len in tokens (instead of --context-words).")
+    prompt_tokens: int | None = arg(
+        None, ge=1, help="Typical prompt length in tokens.", default_note=f"{DEFAULT_PROMPT_TOKENS}, or less to fit"
+    )
+    output_tokens: int | None = arg(None, ge=1, help="Typical output length in tokens.", default_note=str(DEFAULT_OUTPUT_TOKENS))
+    concurrency: int | None = arg(
+        None, ge=1, help="Requests in flight to plan for (all replicas).", default_note=str(DEFAULT_CONCURRENCY)
+    )
+    requests_per_day: float | None = arg(None, gt=0, help="Daily traffic to plan replicas for (instead of --concurrency).")
+    peak_factor: float = arg(DEFAULT_PEAK_FACTOR, ge=1.0, help="Peak-hour rate over the daily average rate.")
+    ttft_p95_ms: float | None = arg(None, gt=0, flag="--sla-ttft-p95-ms", help="SLA: p95 time to first token, ms.")
+    e2e_p95_ms: float | None = arg(None, gt=0, flag="--sla-e2e-p95-ms", help="SLA: p95 end-to-end latency, ms.")
+    tpot_ms: float | None = arg(None, gt=0, flag="--sla-tpot-ms", help="SLA: median time per output token, ms.")
+    max_num_seqs: int | None = arg(None, ge=1, help="Override vLLM max_num_seqs.")
+    max_num_batched_tokens: int | None = arg(
+        None, ge=1, help="Override vLLM max_num_batched_tokens.", default_note="vLLM's for the GPU: 8192 on H100/H200, else 2048"
+    )
+    gpu_memory_utilization: float | None = arg(
+        None, gt=0.0, le=1.0, help="Override vLLM gpu_memory_utilization.", default_note=f"{DEFAULT_GPU_MEMORY_UTILIZATION:g}"
+    )
+    compile_cache: CompileCache = arg(
+        "cold", help="Predict the first start (cold torch.compile cache) or a restart with ~/.cache/vllm kept (warm)."
+    )
+    name: str | None = arg(None, help="Profile name.", default_note="model-quant-gpu")
+    served_model_name: str | None = arg(None, help="vLLM served_model_name (the name clients send).")
