@@ -134,7 +134,8 @@ async def _stream(writer, req, chat):
 
 
 async def main():
-    cache_vars = ("HOME", "HF_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "XDG_CACHE_HOME")
+    cache_vars = ("HOME", "HF_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR",
+                  "FLASHINFER_WORKSPACE_BASE", "XDG_CACHE_HOME")
     record = {"argv": ARGV, "uid": os.getuid(), "gid": os.getgid(),
               "writable": {v: _writable(os.environ[v]) for v in cache_vars if v in os.environ},
               "api_key_set": bool(KEY)}

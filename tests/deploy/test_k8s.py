@@ -410,7 +410,7 @@ def test_rendered_container_runs_and_bench_measures_it(docker_client, standin_op
         assert _http_status(base + "/v1/models", {"Authorization": "Bearer sk-e2e-test"}) == 200
         record = json.loads(next(line for line in container.logs().decode().splitlines() if line.startswith("STANDIN_OPENAI ")).split(" ", 1)[1])
         assert record["uid"] == sc["runAsUser"] and record["api_key_set"]
-        assert record["writable"] and all(record["writable"].values()), record  # caches land on volumes
+        assert len(record["writable"]) == 7 and all(record["writable"].values()), record  # caches land on volumes
         assert record["argv"][:2] == ["serve", prof.engine_args.model]
         bench = run_cli("bench", "--url", base, "--profile", str(profile_path), "-n", "24", "-c", "4",
                         "--output-tokens", "16", "--json", env={"OPENAI_API_KEY": "sk-e2e-test"}, timeout=300)

@@ -322,7 +322,12 @@ def _env(p: _Plan, opts: RenderOptions) -> list[dict[str, Any]]:
         {"name": "HF_HUB_OFFLINE", "value": "1"},  # the init container fetched the weights
         {"name": "VLLM_CACHE_ROOT", "value": f"{CACHE_MOUNT}/vllm"},  # torch.compile cache: warm restarts
         {"name": "TRITON_CACHE_DIR", "value": f"{CACHE_MOUNT}/triton"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{CACHE_MOUNT}/inductor"},
+        {"name": "FLASHINFER_WORKSPACE_BASE", "value": f"{CACHE_MOUNT}/flashinfer"},
         {"name": "XDG_CACHE_HOME", "value": f"{CACHE_MOUNT}/xdg"},
+        # torch calls getpass.getuser(), which fails for a UID without a passwd entry unless these are set.
+        {"name": "USER", "value": "vllm"},
+        {"name": "LOGNAME", "value": "vllm"},
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
     ]
