@@ -255,3 +255,43 @@ def test_tokenizer_json_that_raises_at_encode_is_one_line(tmp_path: Path) -> Non
     # Before: a plain Exception traceback from the Rust side at the first batch.
     for spec in (tmp_path / "tokenizer.json", tmp_path):
         assert_one_line_error(invoke("profile", "-t", str(spec), "--corpus", str(_corpus(tmp_path))), contains="Missing [UNK]")
+
+
+def _llama_config(folder: Path, **overrides) -> Path:
+    folder.mkdir(exist_ok=True)
+    config = {"architectures": ["LlamaForCausalLM"], "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
+              "num_hidden_layers": 2, "intermediate_size": 14336, "vocab_size": 128256, "max_position_embeddings": 8192}  # fmt: skip
+    config.update(overrides)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _safetensors(path: Path, header: dict) -> None:
+    import struct
+
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+
+
+@pytest.mark.parametrize("heads", [{"num_attention_heads": 0}, {"num_attention_heads": 0, "head_dim": 128}, {"num_attention_heads": 1e400}])
+def test_config_with_zero_heads_is_one_line(tmp_path: Path, heads: dict) -> None:
+    # Before: ZeroDivisionError (hidden_size // 0) or OverflowError traceback.
+    assert_one_line_error(invoke("tune", "--gpu", "h100", "--model", str(_llama_config(tmp_path / "m", **heads))))
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [{"dtype": "BF16", "shape": ["a"], "data_offsets": [0, 2]}, {"dtype": "BF16", "shape": None, "data_offsets": [0, 2]},
+     {"dtype": "BF16", "shape": [1], "data_offsets": [0]}, {"dtype": "BF16", "shape": [-4], "data_offsets": [0, 2]}],
+)  # fmt: skip
+def test_corrupt_safetensors_header_is_one_line(tmp_path: Path, tensor: dict) -> None:
+    folder = _llama_config(tmp_path / "m")
+    _safetensors(folder / "model.safetensors", {"w": tensor})
+    # Before: ValueError/TypeError tracebacks from the header arithmetic.
+    assert_one_line_error(invoke("tune", "--gpu", "h100", "--model", str(folder)), contains="corrupt safetensors header")
+
+
+@pytest.mark.parametrize("qc", [[1], {"quant_method": "awq", "bits": "four"}, {"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": 3}}}])
+def test_malformed_quantization_config_is_one_line(tmp_path: Path, qc) -> None:
+    # Before: AttributeError / ValueError tracebacks.
+    assert_one_line_error(invoke("tune", "--gpu", "h100", "--model", str(_llama_config(tmp_path / "m", quantization_config=qc))))

@@ -181,6 +181,8 @@ def architecture_from_config(config: dict[str, Any], *, name: str, where: str) -
     try:
         heads = int(_require(config, "num_attention_heads", where))
         hidden = int(_require(config, "hidden_size", where))
+        if heads <= 0:  # checked here: head_dim below divides by it
+            raise TrdeployError(f"{where}: num_attention_heads is {heads}; a Llama model has at least one.", hint="Check the checkpoint's config.json.")
         arch = Architecture(
             name=name,
             num_hidden_layers=int(_require(config, "num_hidden_layers", where)),
@@ -195,7 +197,7 @@ def architecture_from_config(config: dict[str, Any], *, name: str, where: str) -
             torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
             architecture=next(a for a in archs if a in SUPPORTED_ARCHITECTURES),
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ArithmeticError) as exc:  # int(None), int("x"), int(inf)
         raise TrdeployError(f"{where} has a malformed value ({exc}).", hint="Check the checkpoint's config.json.") from None
     if min(arch.num_hidden_layers, arch.hidden_size, arch.intermediate_size, arch.num_attention_heads,
            arch.num_key_value_heads, arch.head_dim, arch.vocab_size, arch.max_position_embeddings) <= 0:
@@ -209,6 +211,15 @@ def quant_from_config(qc: dict[str, Any] | None, where: str) -> QuantConfig | No
     """trdeploy's view of a checkpoint's quantization config (config.json quantization_config)."""
     if not qc:
         return None
+    if not isinstance(qc, dict):
+        raise TrdeployError(f"{where}: the quantization config is a {type(qc).__name__}, not an object.", hint="Check the checkpoint's quantization config.")
+    try:
+        return _quant_from_config(qc, where)
+    except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:  # int("x"), a list where an object belongs
+        raise TrdeployError(f"{where}: the quantization config has a malformed value ({exc}).", hint="Check the checkpoint's quantization config.") from None
+
+
+def _quant_from_config(qc: dict[str, Any], where: str) -> QuantConfig | None:
     method = str(qc.get("quant_method") or qc.get("quant_type") or "").lower()
     if method in ("awq", "awq_marlin", "gptq", "gptq_marlin"):
         bits = int(qc.get("bits") or qc.get("w_bit") or 4)
@@ -283,10 +294,17 @@ def safetensors_totals(files: list[Path]) -> tuple[int, int, set[str]]:
         for name, info in safetensors_header(f).items():
             if name == "__metadata__" or not isinstance(info, dict):
                 continue
-            numel = 1
-            for dim in info.get("shape", []):
-                numel *= int(dim)
-            start, end = info.get("data_offsets", [0, 0])
+            try:
+                numel = 1
+                for dim in info.get("shape", []):
+                    if int(dim) < 0:
+                        raise ValueError(f"negative dimension {dim}")
+                    numel *= int(dim)
+                start, end = info.get("data_offsets", [0, 0])
+                if int(end) < int(start):
+                    raise ValueError("data_offsets end before they start")
+            except (TypeError, ValueError, ArithmeticError) as exc:  # a shape of None, "a", or two offsets missing
+                raise TrdeployError(f"{f} has a corrupt safetensors header (tensor {name!r}: {exc}).", hint="Re-download or re-save the checkpoint.") from None
             params += numel
             nbytes += int(end) - int(start)
             dtypes.add(str(info.get("dtype")))
