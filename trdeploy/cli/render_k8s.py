@@ -6,14 +6,15 @@ import sys
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from trdeploy.cli._options import ForceOpt, JsonOpt
+from trdeploy.cli._options import ForceOpt, JsonOpt, choices, opt
+from trdeploy.args import default
+from trdeploy.deploy.k8s import RenderOptions
 from trdeploy.errors import TrdeployError
 from trdeploy.output import atomic_directory, emit, warn
 
@@ -36,67 +37,58 @@ kubectl -n llm create secret generic NAME-api-key --from-literal=api-key=...
 """
 
 
-class ModelSource(str, Enum):
-    pvc = "pvc"
-    download = "download"
+def _choices(field: str) -> type[Enum]:
+    return choices(field.title().replace("_", ""), get_args(RenderOptions.model_fields[field].annotation))
 
 
-class Autoscaler(str, Enum):
-    keda = "keda"
-    hpa = "hpa"
-    none = "none"
-
-
-class Monitor(str, Enum):
-    servicemonitor = "servicemonitor"
-    podmonitor = "podmonitor"
+ModelSource = _choices("model_source")
+Autoscaler = _choices("autoscaler")
+Monitor = _choices("monitor")
+R = RenderOptions
 
 
 def render_k8s(
     profile: Annotated[Path, typer.Argument(help="DeploymentProfile written by `trdeploy tune` (trdeploy.yaml).", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (kustomize), or - for one multi-document YAML stream on stdout.", show_default=False)],
-    name: Annotated[Optional[str], typer.Option("--name", help="Object name. \\[default: the profile's name]")] = None,
-    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Namespace for every object.")] = "llm",
-    image: Annotated[Optional[str], typer.Option("--image", help="Serving image (e.g. what `trdeploy build` tagged). \\[default: vllm/vllm-openai:v<profile's vLLM>]")] = None,
-    replicas_min: Annotated[Optional[int], typer.Option("--replicas-min", min=1, help="Fewest replicas (also the PDB floor). \\[default: planned replicas / peak factor]")] = None,
-    replicas_max: Annotated[Optional[int], typer.Option("--replicas-max", min=1, help="Most replicas. \\[default: the profile's planned replicas at peak]")] = None,
-    target_concurrency: Annotated[Optional[int], typer.Option("--target-concurrency", min=1, help="Requests in flight per replica to scale at. \\[default: where the profile's SLA holds]")] = None,
-    gpus_per_node: Annotated[Optional[int], typer.Option("--gpus-per-node", min=1, help="GPUs in one node of the tier. \\[default: 8 for the known tiers]")] = None,
-    multi_node: Annotated[bool, typer.Option("--multi-node", help="Allow a replica across nodes (LeaderWorkerSet, vLLM over Ray).")] = False,
-    runtime_class: Annotated[Optional[str], typer.Option("--runtime-class", help="runtimeClassName for the pods (e.g. nvidia).")] = None,
-    model_source: Annotated[ModelSource, typer.Option("--model-source", help="pvc: a ReadWriteMany cache volume shared by replicas; download: each pod fetches into an emptyDir.")] = ModelSource.pvc,
-    storage_class: Annotated[Optional[str], typer.Option("--storage-class", help="storageClassName of the cache PVC (one that offers ReadWriteMany).")] = None,
-    cache_size_gi: Annotated[Optional[int], typer.Option("--cache-size-gi", min=1, help="Cache volume size in GiB. \\[default: from the weights]")] = None,
-    api_key: Annotated[bool, typer.Option("--api-key/--no-api-key", help="Require an API key on /v1 (VLLM_API_KEY from a Secret).")] = True,
-    api_key_secret: Annotated[Optional[str], typer.Option("--api-key-secret", help="Secret holding key 'api-key'. \\[default: NAME-api-key]")] = None,
-    hf_token_secret: Annotated[Optional[str], typer.Option("--hf-token-secret", help="Secret holding key 'token' (optional, for gated models). \\[default: NAME-hf-token]")] = None,
-    autoscaler: Annotated[Autoscaler, typer.Option("--autoscaler", help="keda (ScaledObject on Prometheus), hpa (custom metric via prometheus-adapter) or none.")] = Autoscaler.keda,
-    monitor: Annotated[Monitor, typer.Option("--monitor", help="prometheus-operator scrape object.")] = Monitor.servicemonitor,
-    prometheus_url: Annotated[str, typer.Option("--prometheus-url", help="Prometheus the KEDA trigger queries.")] = "http://prometheus-operated.monitoring.svc:9090",
-    monitoring_namespace: Annotated[str, typer.Option("--monitoring-namespace", help="Namespace allowed to scrape (NetworkPolicy).")] = "monitoring",
-    port: Annotated[int, typer.Option("--port", help="vLLM's HTTP port.")] = 8000,
+    name: Annotated[Optional[str], opt(R, "name")] = default(R, "name"),
+    namespace: Annotated[str, opt(R, "namespace", "--namespace", "-n")] = default(R, "namespace"),
+    image: Annotated[Optional[str], opt(R, "image")] = default(R, "image"),
+    replicas_min: Annotated[Optional[int], opt(R, "replicas_min")] = default(R, "replicas_min"),
+    replicas_max: Annotated[Optional[int], opt(R, "replicas_max")] = default(R, "replicas_max"),
+    target_concurrency: Annotated[Optional[int], opt(R, "target_concurrency")] = default(R, "target_concurrency"),
+    gpus_per_node: Annotated[Optional[int], opt(R, "gpus_per_node")] = default(R, "gpus_per_node"),
+    multi_node: Annotated[bool, opt(R, "multi_node")] = default(R, "multi_node"),
+    runtime_class: Annotated[Optional[str], opt(R, "runtime_class")] = default(R, "runtime_class"),
+    model_source: Annotated[ModelSource, opt(R, "model_source")] = default(R, "model_source"),
+    storage_class: Annotated[Optional[str], opt(R, "storage_class")] = default(R, "storage_class"),
+    cache_size_gi: Annotated[Optional[int], opt(R, "cache_size_gi")] = default(R, "cache_size_gi"),
+    api_key: Annotated[bool, opt(R, "api_key")] = default(R, "api_key"),
+    api_key_secret: Annotated[Optional[str], opt(R, "api_key_secret")] = default(R, "api_key_secret"),
+    hf_token_secret: Annotated[Optional[str], opt(R, "hf_token_secret")] = default(R, "hf_token_secret"),
+    autoscaler: Annotated[Autoscaler, opt(R, "autoscaler")] = default(R, "autoscaler"),
+    monitor: Annotated[Monitor, opt(R, "monitor")] = default(R, "monitor"),
+    prometheus_url: Annotated[str, opt(R, "prometheus_url")] = default(R, "prometheus_url"),
+    monitoring_namespace: Annotated[str, opt(R, "monitoring_namespace")] = default(R, "monitoring_namespace"),
+    port: Annotated[int, opt(R, "port")] = default(R, "port"),
     validate: Annotated[bool, typer.Option("--validate", help="Check the output: kubernetes-validate strict (1.29-1.35), checkov, kubectl kustomize, PromQL parsing.")] = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    from trdeploy.deploy.k8s import RenderOptions, dump_stream, file_texts, render
+    from trdeploy.deploy.k8s import dump_stream, file_texts, render
     from trdeploy.deployment import DeploymentProfile
 
     to_stdout = str(output) == "-"
     if to_stdout and as_json:
         raise TrdeployError("--json and -o - both want stdout.", hint="Write a folder with -o DIR to get the JSON summary.")
-    try:
-        opts = RenderOptions(
-            name=name, namespace=namespace, image=image, replicas_min=replicas_min, replicas_max=replicas_max,
-            target_concurrency=target_concurrency, gpus_per_node=gpus_per_node, multi_node=multi_node,
-            runtime_class=runtime_class, model_source=model_source.value, storage_class=storage_class,
-            cache_size_gi=cache_size_gi, api_key=api_key, api_key_secret=api_key_secret, hf_token_secret=hf_token_secret,
-            autoscaler=autoscaler.value, monitor=monitor.value, prometheus_url=prometheus_url,
-            monitoring_namespace=monitoring_namespace, port=port,
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise TrdeployError(f"--{'-'.join(str(x) for x in first['loc']).replace('_', '-')}: {first['msg']}.", hint="See `trdeploy render-k8s --help`.") from exc
+    # A ValidationError here becomes the one-line error naming the option (trdeploy.cli.main).
+    opts = RenderOptions(
+        name=name, namespace=namespace, image=image, replicas_min=replicas_min, replicas_max=replicas_max,
+        target_concurrency=target_concurrency, gpus_per_node=gpus_per_node, multi_node=multi_node,
+        runtime_class=runtime_class, model_source=_value(model_source), storage_class=storage_class,
+        cache_size_gi=cache_size_gi, api_key=api_key, api_key_secret=api_key_secret, hf_token_secret=hf_token_secret,
+        autoscaler=_value(autoscaler), monitor=_value(monitor), prometheus_url=prometheus_url,
+        monitoring_namespace=monitoring_namespace, port=port,
+    )
     prof = DeploymentProfile.load(profile)
     rendered = render(prof, opts)
     texts = file_texts(rendered)
@@ -132,6 +124,10 @@ def render_k8s(
         "validation": report.as_json() if report else None,
     }
     emit(data, as_json=as_json, render=lambda console: _render(console, data))
+
+
+def _value(choice: Enum | str) -> str:
+    return choice.value if isinstance(choice, Enum) else choice
 
 
 def _render(console: Console, data: dict) -> None:

@@ -12,11 +12,11 @@ import re
 import shlex
 from pathlib import PurePosixPath
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
+from trdeploy.args import Args, arg
 from trdeploy.deployment import DeploymentProfile
 from trdeploy.deploy.vllm_metrics import Histogram, VllmMetrics, metrics_for
 from trdeploy.errors import TrdeployError
@@ -48,31 +48,34 @@ CACHE_MOUNT = "/cache"
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
-class RenderOptions(BaseModel):
-    """The knobs operators turn; every one overrides what is derived from the profile."""
+class RenderOptions(Args):
+    """The knobs operators turn; each overrides what is derived from the profile (None = derived)."""
 
-    model_config = ConfigDict(extra="forbid")
+    command: ClassVar[str] = "render-k8s"
 
-    name: str | None = None
-    namespace: str = "llm"
-    image: str | None = None
-    replicas_min: int | None = Field(None, ge=1)
-    replicas_max: int | None = Field(None, ge=1)
-    target_concurrency: int | None = Field(None, ge=1)
-    gpus_per_node: int | None = Field(None, ge=1)
-    multi_node: bool = False
-    runtime_class: str | None = None
-    model_source: Literal["pvc", "download"] = "pvc"
-    storage_class: str | None = None
-    cache_size_gi: int | None = Field(None, ge=1)
-    api_key: bool = True
-    api_key_secret: str | None = None
-    hf_token_secret: str | None = None
-    autoscaler: Literal["keda", "hpa", "none"] = "keda"
-    monitor: Literal["servicemonitor", "podmonitor"] = "servicemonitor"
-    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
-    monitoring_namespace: str = "monitoring"
-    port: int = Field(8000, ge=1, le=65535)
+    name: str | None = arg(None, help="Object name (at most 40 of a-z, 0-9, '-').", default_note="the profile's name")
+    namespace: str = arg("llm", help="Namespace for every object.")
+    image: str | None = arg(None, help="Serving image (e.g. what `trdeploy build` tagged).",
+                            default_note="vllm/vllm-openai at the profile's vLLM, in the CUDA build for the tier's driver")
+    replicas_min: int | None = arg(None, ge=1, help="Fewest replicas (also the PDB floor).", default_note="planned replicas / peak factor")
+    replicas_max: int | None = arg(None, ge=1, help="Most replicas.", default_note="the profile's planned replicas at peak")
+    target_concurrency: int | None = arg(None, ge=1, help="Requests in flight (running + waiting) per replica to scale at.",
+                                         default_note="where the profile's SLA holds")
+    gpus_per_node: int | None = arg(None, ge=1, help="GPUs in one node of the tier.", default_note="8 for the known tiers")
+    multi_node: bool = arg(False, help="Allow a replica across nodes (LeaderWorkerSet, vLLM over Ray).")
+    runtime_class: str | None = arg(None, help="runtimeClassName for the pods (e.g. nvidia).")
+    model_source: Literal["pvc", "download"] = arg(
+        "pvc", help="pvc: a ReadWriteMany cache volume shared by the replicas; download: each pod fetches into an emptyDir.")
+    storage_class: str | None = arg(None, help="storageClassName of the cache PVC (one that offers ReadWriteMany).")
+    cache_size_gi: int | None = arg(None, ge=1, help="Cache volume size in GiB.", default_note="1.25 x the weights + 20")
+    api_key: bool = arg(True, flag="--api-key/--no-api-key", help="Require an API key on /v1 (VLLM_API_KEY from a Secret).")
+    api_key_secret: str | None = arg(None, help="Secret holding key 'api-key'.", default_note="NAME-api-key")
+    hf_token_secret: str | None = arg(None, help="Secret holding key 'token' (optional, for gated models).", default_note="NAME-hf-token")
+    autoscaler: Literal["keda", "hpa", "none"] = arg("keda", help="keda (ScaledObject on Prometheus), hpa (custom metric via prometheus-adapter) or none.")
+    monitor: Literal["servicemonitor", "podmonitor"] = arg("servicemonitor", help="prometheus-operator scrape object.")
+    prometheus_url: str = arg("http://prometheus-operated.monitoring.svc:9090", help="Prometheus the KEDA trigger queries.")
+    monitoring_namespace: str = arg("monitoring", help="Namespace allowed to scrape (NetworkPolicy).")
+    port: int = arg(8000, ge=1, le=65535, help="vLLM's HTTP port.")
 
 
 @dataclass
