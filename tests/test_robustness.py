@@ -295,3 +295,40 @@ def test_corrupt_safetensors_header_is_one_line(tmp_path: Path, tensor: dict) ->
 def test_malformed_quantization_config_is_one_line(tmp_path: Path, qc) -> None:
     # Before: AttributeError / ValueError tracebacks.
     assert_one_line_error(invoke("tune", "--gpu", "h100", "--model", str(_llama_config(tmp_path / "m", quantization_config=qc))))
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV: an open quote or a missing header row is said, never a silent miscount
+
+
+def test_csv_quote_open_at_the_end_is_an_error(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.csv"
+    corpus.write_text('id,text\n1,"açık kalan tırnak\n2,ikinci satır\n3,üçüncü satır\n')
+    # Before: exit 0 with one document (the open quote swallowed rows 2 and 3).
+    assert_one_line_error(invoke("profile", "--corpus", str(corpus)), contains="unexpected end of data")
+
+
+def test_csv_quote_that_swallows_rows_warns(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.csv"
+    corpus.write_text('id,text\n1,"açık kalan tırnak\n2,ikinci satır\n3,üçüncü satır"\n4,dördüncü\n')
+    result = invoke("profile", "--corpus", str(corpus), "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["corpus"]["documents"] == 2
+    # Before: silence.
+    assert "look like rows are inside quoted text" in result.stderr
+
+
+def test_csv_multiline_text_without_swallowed_rows_stays_quiet(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.csv"
+    corpus.write_text('id,text\n1,"iki satırlık\nbir metin"\n2,ikinci\n')
+    result = invoke("profile", "--corpus", str(corpus), "--json")
+    assert result.code == 0 and result.stderr == "", result.stderr
+
+
+def test_single_column_csv_without_a_header_row_warns(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.csv"
+    corpus.write_text("Merhaba dünya nasılsınız\nBugün hava çok güzel\n")
+    result = invoke("profile", "--corpus", str(corpus), "--json")
+    assert result.code == 0, result.stderr
+    # Before: the first document silently became the column name (one document uncounted).
+    assert "was read as the column name" in result.stderr
