@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trdeploy.text.corpora import open_corpus  # noqa: E402
-from trdeploy.text.inflation import measure, summarize  # noqa: E402
-from trdeploy.text.tokenizers import HFTokenizer, TiktokenTokenizer, load_tokenizer, worker_threads  # noqa: E402
+from trdeploy.text.corpora import open_corpus
+from trdeploy.text.inflation import measure, summarize
+from trdeploy.text.tokenizers import HFTokenizer, TiktokenTokenizer, load_tokenizer, worker_threads
 
 
 def build_corpus(path: Path, size_mb: float, seed: int = 0) -> None:

@@ -82,7 +82,7 @@ def run_vllm(port: int, args: argparse.Namespace) -> dict:
         semaphore = asyncio.Semaphore(n)
         url = f"http://127.0.0.1:{port}/v1/completions"
 
-        async def limited(request):  # noqa: ANN001, ANN202 - as serve.py's limited_request_func
+        async def limited(request):
             async with semaphore:
                 return await erf.async_request_openai_completions(request_func_input=request, session=session, pbar=None)
 

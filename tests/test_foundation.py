@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import run_cli
+
 from trdeploy.errors import TrdeployError
 from trdeploy.output import atomic_directory, write_atomic
 

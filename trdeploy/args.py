@@ -31,7 +31,7 @@ class Args(BaseModel):
         _MODELS[cls.__name__] = cls
 
 
-def arg(default: Any = None, *, help: str, flag: str | None = None, default_note: str | None = None, **constraints: Any) -> Any:  # noqa: A002
+def arg(default: Any = None, *, help: str, flag: str | None = None, default_note: str | None = None, **constraints: Any) -> Any:
     """A field of an argument model: its help, its CLI flag and, where the default is derived later
     (None here), what the default is (`default_note`, shown in `--help`)."""
     extra = {k: v for k, v in (("flag", flag), ("default_note", default_note)) if v is not None}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from trdeploy.text.embedded import embedded_pairs  # noqa: E402
+from trdeploy.text.embedded import embedded_pairs
 
 
 class _Codec:

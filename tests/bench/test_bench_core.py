@@ -14,11 +14,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
+
 from trdeploy.bench.benchmark import parse_prometheus, parse_sweep, plan_bench, server_metrics_delta
-from trdeploy.text.embedded import embedded_pairs
-from trdeploy.errors import TrdeployError
 from trdeploy.bench.loadgen import LoadSpec, SSEParser, _chunk_text, _Dechunker, arrival_offsets
 from trdeploy.bench.metrics import (
     STATUS_CANCELLED,
@@ -33,7 +31,8 @@ from trdeploy.bench.metrics import (
     peak_concurrency,
     summarize,
 )
-
+from trdeploy.errors import TrdeployError
+from trdeploy.text.embedded import embedded_pairs
 
 # ---------------------------------------------------------------------------------------- words
 

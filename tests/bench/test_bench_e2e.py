@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from _bench_servers import (
     REPO_ID,
     free_port,

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_cli
+
+from trdeploy.errors import TrdeployError
 from trdeploy.quant.calibration import (
     evaluation_texts,
     load_calibration_records,
@@ -24,7 +25,6 @@ from trdeploy.quant.calibration import (
     render_calibration,
     render_evaluation,
 )
-from trdeploy.errors import TrdeployError
 from trdeploy.quant.quantization import (
     GIB,
     REPORT_NAME,

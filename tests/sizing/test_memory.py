@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from trdeploy.sizing.architectures import PRESETS, Architecture
 from trdeploy.errors import TrdeployError
+from trdeploy.sizing.architectures import PRESETS, Architecture
 from trdeploy.sizing.gpus import GiB, MiB, get_gpu
 from trdeploy.sizing.memory import (
     activation_breakdown,

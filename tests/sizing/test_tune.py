@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, run_cli
-from trdeploy.sizing.architectures import PRESETS
+
 from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
+from trdeploy.sizing.architectures import PRESETS
 from trdeploy.sizing.gpus import GPUS, get_gpu
 from trdeploy.sizing.latency import predict_latency, step_model
 from trdeploy.sizing.memory import predict_kv_cache

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from trdeploy.text.corpora import BATCH_BYTES, open_corpus, parallel_corpus
+
 from trdeploy.errors import TrdeployError
+from trdeploy.text.corpora import BATCH_BYTES, open_corpus, parallel_corpus
 from trdeploy.text.inflation import (
     bootstrap_ratio_ci,
     count_words,

@@ -23,7 +23,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,9 +32,9 @@ import httpx
 import numpy as np
 
 from trdeploy import __version__
-from trdeploy.errors import TrdeployError
 from trdeploy.bench.loadgen import Api, Endpoint, LoadSpec, PromptSource, RunStats, Sampling, make_client, run_load
 from trdeploy.bench.metrics import WORD_PATTERN, RequestResult, ResultStore, SlaTargets, evaluate_sla, summarize
+from trdeploy.errors import TrdeployError
 
 SCHEMA_VERSION = 1
 DEFAULT_URL = "http://localhost:8000"
@@ -186,7 +186,7 @@ _DATASET_FIELDS = ("messages", "conversations", "conversation", "prompt", "text"
 
 def dataset_prompts(dataset: str, split: str, field_name: str | None, api: Api, *, seed: int, limit: int) -> ListPrompts:
     """Prompts from a Hugging Face dataset (a hub id, or a local folder of data files)."""
-    from trdeploy.text.corpora import load_hub_dataset  # noqa: PLC0415 - `datasets` is optional and heavy
+    from trdeploy.text.corpora import load_hub_dataset
 
     ds = load_hub_dataset(dataset, None, split, streaming=False)
     columns = list(ds.column_names)
@@ -760,7 +760,7 @@ def run_bench(
     if not plan.endpoint.model:
         plan = replace(plan, endpoint=replace(plan.endpoint, model=detect_model(plan.endpoint.base_url, plan.endpoint.v1_prefix, plan.endpoint.api_key)))
     prompts = build_prompts(plan)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
 
     async def main() -> tuple[list[RunOutcome], dict[str, Any] | None, bool]:
         stop = asyncio.Event()
@@ -860,11 +860,11 @@ def assemble_report(
 def plot_png(samples: list[tuple[str, dict[str, np.ndarray]]], title: str) -> bytes:
     """Histograms of TTFT, TPOT, ITL and E2E latency (ms), one colour per load level; PNG bytes."""
     try:
-        import matplotlib  # noqa: PLC0415 - optional (`bench` extra)
+        import matplotlib
     except ImportError as exc:
         raise TrdeployError("--plot needs matplotlib.", hint="pip install 'trdeploy[bench]'.") from exc
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     names = (("ttft", "TTFT (ms)"), ("tpot", "TPOT (ms)"), ("itl", "ITL (ms)"), ("e2el", "E2E latency (ms)"))
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))

@@ -174,7 +174,7 @@ class _ProtocolError(Exception):
 class _Dechunker:
     """Decodes an HTTP/1.1 chunked body incrementally; `done` once the last chunk and trailers are read."""
 
-    __slots__ = ("_buf", "_state", "_remaining", "done")
+    __slots__ = ("_buf", "_remaining", "_state", "done")
     _SIZE, _DATA, _CRLF, _TRAILER = 0, 1, 2, 3
 
     def __init__(self) -> None:
@@ -240,7 +240,7 @@ class _RawResponse:
         if self._length == 0:
             self.complete = True
 
-    async def aiter_bytes(self):  # noqa: ANN201 - an async generator of body bytes
+    async def aiter_bytes(self):
         reader = self._reader
         if self.complete:
             return
@@ -308,7 +308,7 @@ class RawTransport:
             raise _ConnectFailed(f"{type(exc).__name__}: {exc}") from None
 
     @contextlib.asynccontextmanager
-    async def post_stream(self, url: str, content: bytes, headers: dict[str, str]):  # noqa: ANN201
+    async def post_stream(self, url: str, content: bytes, headers: dict[str, str]):
         path = urlsplit(url)
         target = (path.path or "/") + (f"?{path.query}" if path.query else "")
         head = [f"POST {target} HTTP/1.1", f"Host: {self.host_header.decode('latin-1')}", f"Content-Length: {len(content)}"]
@@ -374,7 +374,7 @@ class HttpxTransport:
         timeout = httpx.Timeout(endpoint.timeout_s, connect=min(endpoint.timeout_s, 30.0))
         self.client = httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=True)
 
-    def post_stream(self, url: str, content: bytes, headers: dict[str, str]):  # noqa: ANN201
+    def post_stream(self, url: str, content: bytes, headers: dict[str, str]):
         return self.client.stream("POST", url, content=content, headers=headers)
 
     async def aclose(self) -> None:
@@ -535,7 +535,7 @@ async def send_request(
         result.status = STATUS_CANCELLED
         result.itl.clear()
         raise
-    except Exception as exc:  # noqa: BLE001 - a bad response must never stop the run
+    except Exception as exc:
         _fail(result, "client_error", f"{type(exc).__name__}: {exc}")
 
 

@@ -49,7 +49,7 @@ class WordCounter:
     """Counts words across streamed chunks without keeping the text: a word split over two chunks
     ("İstan" + "bul'da") counts once. Only the current unfinished word is carried."""
 
-    __slots__ = ("words", "_carry")
+    __slots__ = ("_carry", "words")
 
     def __init__(self) -> None:
         self.words = 0

@@ -20,11 +20,11 @@ try:  # typer >= 0.22 vendors click as typer._click
 except ImportError:  # pragma: no cover - older typer on real click
     from click import exceptions as _click_exc
 
+from rich.markup import escape
+
 from trdeploy import __version__
 from trdeploy.args import validation_error
 from trdeploy.errors import TrdeployError
-from rich.markup import escape
-
 from trdeploy.output import broken_pipe_exit, err_console, silence_stdout
 
 app = typer.Typer(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
@@ -13,7 +13,7 @@ from trdeploy.args import default_note, describe, flag
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (stable keys) instead of tables.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing output.")]
-OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the result.")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Where to write the result.")]
 ProfileArg = Annotated[
     Path,
     typer.Option("--profile", "-p", help="DeploymentProfile written by `trdeploy tune` (trdeploy.yaml).", show_default=True),

@@ -6,7 +6,7 @@ import importlib.util
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -49,30 +49,30 @@ The verdict checks p95 TTFT, p95 E2E and median TPOT against the SLA (from --pro
 def bench(
     url: Annotated[str, typer.Option("--url", help="Server root (with or without /v1).")] = "http://localhost:8000",
     api: Annotated[str, typer.Option("--api", help="chat (/v1/chat/completions) or completions (/v1/completions).")] = "chat",
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name to request \\[default: the profile's served model name, else the first of /v1/models].")] = None,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token (or OPENAI_API_KEY).", show_default=False)] = None,
-    profile: Annotated[Optional[Path], typer.Option("--profile", "-p", help="DeploymentProfile (trdeploy.yaml): SLA, served model name, workload defaults.")] = None,
-    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", help="Requests in flight (closed loop); with --request-rate, a cap. \\[default: 1, or the profile's workload.concurrency]")] = None,
-    request_rate: Annotated[Optional[float], typer.Option("--request-rate", "-r", help="Arrivals per second (Poisson; see --burstiness).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name to request \\[default: the profile's served model name, else the first of /v1/models].")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token (or OPENAI_API_KEY).", show_default=False)] = None,
+    profile: Annotated[Path | None, typer.Option("--profile", "-p", help="DeploymentProfile (trdeploy.yaml): SLA, served model name, workload defaults.")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Requests in flight (closed loop); with --request-rate, a cap. \\[default: 1, or the profile's workload.concurrency]")] = None,
+    request_rate: Annotated[float | None, typer.Option("--request-rate", "-r", help="Arrivals per second (Poisson; see --burstiness).")] = None,
     burstiness: Annotated[float, typer.Option("--burstiness", help="Gamma shape of the arrival gaps: 1 Poisson, <1 burstier, >1 more regular (as vLLM).")] = 1.0,
-    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Run several load levels: concurrency=1,4,16 or request-rate=0.5,1,2.")] = None,
-    num_prompts: Annotated[Optional[int], typer.Option("--num-prompts", "-n", help="Requests per load level \\[default: 100, or unlimited with --duration].")] = None,
-    duration: Annotated[Optional[float], typer.Option("--duration", help="Stop sending after this many seconds (requests in flight finish).")] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="Run several load levels: concurrency=1,4,16 or request-rate=0.5,1,2.")] = None,
+    num_prompts: Annotated[int | None, typer.Option("--num-prompts", "-n", help="Requests per load level \\[default: 100, or unlimited with --duration].")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", help="Stop sending after this many seconds (requests in flight finish).")] = None,
     prompts: Annotated[str, typer.Option("--prompts", help="embedded (chat: Turkish conversations; completions: Turkish corpus), corpus, conversations, or a file (.txt lines / .jsonl with prompt, messages or text).")] = "embedded",
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Hugging Face dataset id (or local data folder) to take prompts from (needs trdeploy\\[data]).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Hugging Face dataset id (or local data folder) to take prompts from (needs trdeploy\\[data]).")] = None,
     dataset_split: Annotated[str, typer.Option("--dataset-split", help="Dataset split.")] = "train",
-    dataset_field: Annotated[Optional[str], typer.Option("--dataset-field", help="Dataset column with the prompts \\[default: messages/conversations/prompt/text...].")] = None,
-    synthetic: Annotated[Optional[int], typer.Option("--synthetic", help="INPUT_LEN random token ids per prompt, sent as a token-id prompt (completions only).")] = None,
+    dataset_field: Annotated[str | None, typer.Option("--dataset-field", help="Dataset column with the prompts \\[default: messages/conversations/prompt/text...].")] = None,
+    synthetic: Annotated[int | None, typer.Option("--synthetic", help="INPUT_LEN random token ids per prompt, sent as a token-id prompt (completions only).")] = None,
     synthetic_vocab_size: Annotated[int, typer.Option("--synthetic-vocab-size", help="Token ids for --synthetic are drawn from [0, this).")] = 128000,
-    output_tokens: Annotated[Optional[int], typer.Option("--output-tokens", help="max_tokens per request \\[default: natural length, or the profile's workload.output_tokens].")] = None,
+    output_tokens: Annotated[int | None, typer.Option("--output-tokens", help="max_tokens per request \\[default: natural length, or the profile's workload.output_tokens].")] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Send ignore_eos (vLLM) so every request generates exactly --output-tokens.")] = False,
-    min_tokens: Annotated[Optional[int], typer.Option("--min-tokens", help="Send min_tokens (vLLM).")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature \\[default: the server's].")] = None,
-    extra_body: Annotated[Optional[str], typer.Option("--extra-body", help="JSON object merged into every request body.")] = None,
+    min_tokens: Annotated[int | None, typer.Option("--min-tokens", help="Send min_tokens (vLLM).")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="Sampling temperature \\[default: the server's].")] = None,
+    extra_body: Annotated[str | None, typer.Option("--extra-body", help="JSON object merged into every request body.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds one request may take before it counts as a timeout.")] = 600.0,
-    sla_ttft_p95_ms: Annotated[Optional[float], typer.Option("--sla-ttft-p95-ms", help="Target for p95 TTFT (overrides the profile's).")] = None,
-    sla_e2e_p95_ms: Annotated[Optional[float], typer.Option("--sla-e2e-p95-ms", help="Target for p95 end-to-end latency.")] = None,
-    sla_tpot_ms: Annotated[Optional[float], typer.Option("--sla-tpot-ms", help="Target for the median TPOT.")] = None,
+    sla_ttft_p95_ms: Annotated[float | None, typer.Option("--sla-ttft-p95-ms", help="Target for p95 TTFT (overrides the profile's).")] = None,
+    sla_e2e_p95_ms: Annotated[float | None, typer.Option("--sla-e2e-p95-ms", help="Target for p95 end-to-end latency.")] = None,
+    sla_tpot_ms: Annotated[float | None, typer.Option("--sla-tpot-ms", help="Target for the median TPOT.")] = None,
     max_error_rate: Annotated[float, typer.Option("--max-error-rate", help="Largest share of failed requests that still passes.")] = 0.01,
     percentiles: Annotated[str, typer.Option("--percentiles", help="Percentiles to report (p95 always).")] = "50,95,99",
     warmup: Annotated[int, typer.Option("--warmup", help="Requests sent before measuring (not counted).")] = 0,
@@ -80,7 +80,7 @@ def bench(
     gauge_interval: Annotated[float, typer.Option("--gauge-interval", help="Also sample the server's running/waiting/KV-use gauges every S seconds during the run, for their peaks (0: off; each scrape perturbs the run a little).")] = 0.0,
     http_client: Annotated[str, typer.Option("--http-client", help="auto (a lean built-in HTTP/1.1 client for plain http://, httpx for https:// or proxies), raw or httpx.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed for prompt order, synthetic prompts and arrival times.")] = 0,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the TTFT/TPOT/ITL/E2E distributions (needs matplotlib).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of the TTFT/TPOT/ITL/E2E distributions (needs matplotlib).")] = None,
     output: OutputOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -274,4 +274,4 @@ def register(app: typer.Typer) -> None:
     app.command("bench", help=HELP, no_args_is_help=False)(bench)
 
 
-__all__ = ["register", "bench", "render"]
+__all__ = ["bench", "register", "render"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -30,7 +30,7 @@ EXAMPLES = """
 
 def profile(
     tokenizer: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--tokenizer",
             "-t",
@@ -40,7 +40,7 @@ def profile(
         ),
     ] = None,
     corpus: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--corpus",
             "-c",
@@ -48,21 +48,21 @@ def profile(
         ),
     ] = None,
     field: Annotated[
-        Optional[str], typer.Option("--field", help="Text field/column of a JSONL, CSV, Parquet or hub dataset ('messages' for chats). Default: text, else messages.")
+        str | None, typer.Option("--field", help="Text field/column of a JSONL, CSV, Parquet or hub dataset ('messages' for chats). Default: text, else messages.")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Corpus format: auto (by extension), text, jsonl, csv, tsv, parquet.")] = "auto",
     split: Annotated[str, typer.Option("--split", help="Split of a hub dataset.")] = "train",
-    subset: Annotated[Optional[str], typer.Option("--subset", help="Configuration (subset) of a hub dataset.")] = None,
+    subset: Annotated[str | None, typer.Option("--subset", help="Configuration (subset) of a hub dataset.")] = None,
     parallel: Annotated[
-        Optional[tuple[Path, Path]],
+        tuple[Path, Path] | None,
         typer.Option("--parallel", help="Two line-aligned files, Turkish then English (the FLORES layout).", metavar="TR_FILE EN_FILE"),
     ] = None,
     parallel_tsv: Annotated[
-        Optional[Path], typer.Option("--parallel-tsv", help="A TSV with Turkish and English columns (Tatoeba's layout is detected).")
+        Path | None, typer.Option("--parallel-tsv", help="A TSV with Turkish and English columns (Tatoeba's layout is detected).")
     ] = None,
-    tr_column: Annotated[Optional[int], typer.Option("--tr-column", help="1-based Turkish column of --parallel-tsv.")] = None,
-    en_column: Annotated[Optional[int], typer.Option("--en-column", help="1-based English column of --parallel-tsv.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Read only the first N documents (pairs).")] = None,
+    tr_column: Annotated[int | None, typer.Option("--tr-column", help="1-based Turkish column of --parallel-tsv.")] = None,
+    en_column: Annotated[int | None, typer.Option("--en-column", help="1-based English column of --parallel-tsv.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Read only the first N documents (pairs).")] = None,
     min_count: Annotated[int, typer.Option("--min-count", help="Fragmented words: seen at least this often.")] = 5,
     top_words: Annotated[int, typer.Option("--top-words", help="Fragmented words: how many to list (0: none).")] = 10,
     resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples for the premium's 95% interval.")] = 2000,

@@ -6,7 +6,7 @@ import os
 import signal
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -77,15 +77,15 @@ def quantize(
     model: Annotated[str, typer.Argument(help="Hub id (e.g. meta-llama/Meta-Llama-3-8B-Instruct) or local checkpoint folder (16-bit).", show_default=False)],
     output: OutputOpt = None,
     dataset: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--dataset", help="Calibration data: a .jsonl/.json/.parquet file or folder, or a hub dataset id. Rows: `messages` (chat) or a text column. Default: the embedded Turkish chats."),
     ] = None,
     dataset_split: Annotated[str, typer.Option("--dataset-split", help="Split of a hub dataset.")] = "train",
-    dataset_config: Annotated[Optional[str], typer.Option("--dataset-config", help="Config (subset) name of a hub dataset.")] = None,
-    text_column: Annotated[Optional[str], typer.Option("--text-column", help="Column to calibrate on (default: `messages`, else `text`).")] = None,
+    dataset_config: Annotated[str | None, typer.Option("--dataset-config", help="Config (subset) name of a hub dataset.")] = None,
+    text_column: Annotated[str | None, typer.Option("--text-column", help="Column to calibrate on (default: `messages`, else `text`).")] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Calibration samples.")] = DEFAULT_NUM_SAMPLES,
     max_seq_len: Annotated[int, typer.Option("--max-seq-len", min=16, help="Tokens per calibration sample (longer ones are cut).")] = DEFAULT_MAX_SEQ_LEN,
-    compare: Annotated[Optional[Compare], typer.Option("--compare", help="Also quantize with plain round-to-nearest (same scheme) and report its perplexity.")] = None,
+    compare: Annotated[Compare | None, typer.Option("--compare", help="Also quantize with plain round-to-nearest (same scheme) and report its perplexity.")] = None,
     output_format: Annotated[
         OutputFormat,
         typer.Option("--format", help="compressed-tensors (vLLM detects it, no flags) or awq (classic AutoAWQ GEMM layout for engines that read only that)."),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional, get_args
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
@@ -11,9 +11,9 @@ from rich.table import Table
 from trdeploy.args import default
 from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt, choices, opt
 from trdeploy.deployment import KV_CACHE_DTYPES, QUANTIZATIONS
+from trdeploy.output import emit, ensure_writable, warn
 from trdeploy.sizing.memory import CompileCache as CompileCacheLiteral
 from trdeploy.sizing.request import TuneRequest
-from trdeploy.output import emit, ensure_writable, warn
 
 Quant = choices("Quant", QUANTIZATIONS)
 KvDtype = choices("KvDtype", KV_CACHE_DTYPES)
@@ -24,28 +24,28 @@ R = TuneRequest
 def tune(
     gpu: Annotated[str, opt(R, "gpu", show_default=False)],
     model: Annotated[str, opt(R, "model", "--model", "-m")] = default(R, "model"),
-    gpus: Annotated[Optional[int], opt(R, "gpus")] = default(R, "gpus"),
-    quantization: Annotated[Optional[Quant], opt(R, "quantization", "--quantization", "-q")] = default(R, "quantization"),
+    gpus: Annotated[int | None, opt(R, "gpus")] = default(R, "gpus"),
+    quantization: Annotated[Quant | None, opt(R, "quantization", "--quantization", "-q")] = default(R, "quantization"),
     kv_cache_dtype: Annotated[KvDtype, opt(R, "kv_cache_dtype")] = default(R, "kv_cache_dtype"),
-    context_words: Annotated[Optional[int], opt(R, "context_words")] = default(R, "context_words"),
-    tokens_per_word: Annotated[Optional[float], opt(R, "tokens_per_word")] = default(R, "tokens_per_word"),
-    corpus: Annotated[Optional[str], opt(R, "corpus")] = default(R, "corpus"),
+    context_words: Annotated[int | None, opt(R, "context_words")] = default(R, "context_words"),
+    tokens_per_word: Annotated[float | None, opt(R, "tokens_per_word")] = default(R, "tokens_per_word"),
+    corpus: Annotated[str | None, opt(R, "corpus")] = default(R, "corpus"),
     percentile: Annotated[float, opt(R, "percentile")] = default(R, "percentile"),
-    max_model_len: Annotated[Optional[int], opt(R, "max_model_len")] = default(R, "max_model_len"),
-    prompt_tokens: Annotated[Optional[int], opt(R, "prompt_tokens")] = default(R, "prompt_tokens"),
-    output_tokens: Annotated[Optional[int], opt(R, "output_tokens")] = default(R, "output_tokens"),
-    concurrency: Annotated[Optional[int], opt(R, "concurrency", "--concurrency", "-c")] = default(R, "concurrency"),
-    requests_per_day: Annotated[Optional[float], opt(R, "requests_per_day")] = default(R, "requests_per_day"),
+    max_model_len: Annotated[int | None, opt(R, "max_model_len")] = default(R, "max_model_len"),
+    prompt_tokens: Annotated[int | None, opt(R, "prompt_tokens")] = default(R, "prompt_tokens"),
+    output_tokens: Annotated[int | None, opt(R, "output_tokens")] = default(R, "output_tokens"),
+    concurrency: Annotated[int | None, opt(R, "concurrency", "--concurrency", "-c")] = default(R, "concurrency"),
+    requests_per_day: Annotated[float | None, opt(R, "requests_per_day")] = default(R, "requests_per_day"),
     peak_factor: Annotated[float, opt(R, "peak_factor")] = default(R, "peak_factor"),
-    sla_ttft_p95_ms: Annotated[Optional[float], opt(R, "ttft_p95_ms")] = default(R, "ttft_p95_ms"),
-    sla_e2e_p95_ms: Annotated[Optional[float], opt(R, "e2e_p95_ms")] = default(R, "e2e_p95_ms"),
-    sla_tpot_ms: Annotated[Optional[float], opt(R, "tpot_ms")] = default(R, "tpot_ms"),
-    max_num_seqs: Annotated[Optional[int], opt(R, "max_num_seqs")] = default(R, "max_num_seqs"),
-    max_num_batched_tokens: Annotated[Optional[int], opt(R, "max_num_batched_tokens")] = default(R, "max_num_batched_tokens"),
-    gpu_memory_utilization: Annotated[Optional[float], opt(R, "gpu_memory_utilization")] = default(R, "gpu_memory_utilization"),
+    sla_ttft_p95_ms: Annotated[float | None, opt(R, "ttft_p95_ms")] = default(R, "ttft_p95_ms"),
+    sla_e2e_p95_ms: Annotated[float | None, opt(R, "e2e_p95_ms")] = default(R, "e2e_p95_ms"),
+    sla_tpot_ms: Annotated[float | None, opt(R, "tpot_ms")] = default(R, "tpot_ms"),
+    max_num_seqs: Annotated[int | None, opt(R, "max_num_seqs")] = default(R, "max_num_seqs"),
+    max_num_batched_tokens: Annotated[int | None, opt(R, "max_num_batched_tokens")] = default(R, "max_num_batched_tokens"),
+    gpu_memory_utilization: Annotated[float | None, opt(R, "gpu_memory_utilization")] = default(R, "gpu_memory_utilization"),
     compile_cache: Annotated[CompileCache, opt(R, "compile_cache")] = default(R, "compile_cache"),
-    name: Annotated[Optional[str], opt(R, "name")] = default(R, "name"),
-    served_model_name: Annotated[Optional[str], opt(R, "served_model_name")] = default(R, "served_model_name"),
+    name: Annotated[str | None, opt(R, "name")] = default(R, "name"),
+    served_model_name: Annotated[str | None, opt(R, "served_model_name")] = default(R, "served_model_name"),
     output: OutputOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,

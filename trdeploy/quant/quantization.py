@@ -38,6 +38,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+from trdeploy.errors import TrdeployError
+from trdeploy.hub import hub_error, looks_like_path, split_revision
+from trdeploy.output import atomic_directory, ensure_writable, to_json, warn
 from trdeploy.quant.calibration import (
     CalibrationSet,
     EvaluationSet,
@@ -46,9 +49,6 @@ from trdeploy.quant.calibration import (
     render_calibration,
     render_evaluation,
 )
-from trdeploy.errors import TrdeployError
-from trdeploy.hub import hub_error, looks_like_path, split_revision
-from trdeploy.output import atomic_directory, ensure_writable, to_json, warn
 
 SCHEME = "W4A16_ASYM"
 NUM_BITS = 4
@@ -512,8 +512,8 @@ def _quiet_libraries(verbose: bool) -> Iterator[None]:
     import logging
     import warnings
 
-    from loguru import logger
     import tqdm.std
+    from loguru import logger
     from transformers.utils import logging as hf_logging
 
     logger.remove()

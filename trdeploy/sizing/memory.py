@@ -40,10 +40,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from trdeploy.sizing.architectures import Architecture, QuantConfig, ResolvedModel, VOCAB_PADDING
-from trdeploy.errors import TrdeployError
 from trdeploy.deployment import KV_CACHE_DTYPES, Quantization
-from trdeploy.sizing.gpus import GiB, MiB, GpuSpec
+from trdeploy.errors import TrdeployError
+from trdeploy.sizing.architectures import VOCAB_PADDING, Architecture, QuantConfig, ResolvedModel
+from trdeploy.sizing.gpus import GiB, GpuSpec, MiB
 
 KV_BLOCK_SIZE = 16  # vLLM CacheConfig.DEFAULT_BLOCK_SIZE on CUDA
 ACT_BYTES = 2  # activations in bf16/fp16

@@ -17,15 +17,29 @@ Steps (each a pure function of typed values except `context_tokens_per_word`, wh
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from trdeploy.sizing.architectures import ResolvedModel, resolve_model
 from trdeploy.deployment import SLA, DeploymentProfile, EngineArgs, GpuInfo, ModelInfo, Prediction, Workload
 from trdeploy.errors import TrdeployError
+from trdeploy.sizing.architectures import ResolvedModel, resolve_model
 from trdeploy.sizing.gpus import GiB, GpuSpec, get_gpu
 from trdeploy.sizing.latency import LatencyPrediction, predict_latency, step_model
+from trdeploy.sizing.memory import (
+    CUDA_GRAPH_GIB,
+    KV_BLOCK_SIZE,
+    NON_TORCH_TP_EXTRA_GIB,
+    KvCachePrediction,
+    cdiv,
+    check_tp,
+    cuda_context_gib,
+    kv_bytes_per_token,
+    max_gpu_memory_utilization,
+    predict_kv_cache,
+    valid_tp_sizes,
+)
 from trdeploy.sizing.request import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CONTEXT_WORDS,
@@ -33,19 +47,6 @@ from trdeploy.sizing.request import (
     DEFAULT_OUTPUT_TOKENS,
     DEFAULT_PROMPT_TOKENS,
     TuneRequest,
-)
-from trdeploy.sizing.memory import (
-    cuda_context_gib,
-    CUDA_GRAPH_GIB,
-    KV_BLOCK_SIZE,
-    NON_TORCH_TP_EXTRA_GIB,
-    KvCachePrediction,
-    cdiv,
-    check_tp,
-    kv_bytes_per_token,
-    max_gpu_memory_utilization,
-    predict_kv_cache,
-    valid_tp_sizes,
 )
 
 MAX_TP = 8
