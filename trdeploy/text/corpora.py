@@ -257,6 +257,11 @@ def _row_text(row: Any, fld: str, where: str, available: Callable[[], str]) -> s
     raise TrdeployError(f"{where}: field '{fld}' is {type(value).__name__}, not text.", hint="Pass --field with the name of a text field.")
 
 
+def _looks_like_text(name: str) -> bool:
+    """A column name that reads like a sentence: the file probably has no header row."""
+    return len(name) > 40 or len(name.split()) >= 3 or name.rstrip()[-1:] in (".", "?", "!")
+
+
 def _choose_field(fld: str | None, names: Iterable[str], where: str) -> str:
     names = list(names)
     if fld:
@@ -339,20 +344,33 @@ def _read_csv(corpus: Corpus) -> Iterator[DocumentBatch]:
     with open(path, "rb") as raw:
         counter = _CountingReader(raw)
         text = io.TextIOWrapper(io.BufferedReader(counter, 1 << 20), encoding="utf-8-sig", newline="")
-        reader = csv.reader(text, delimiter=delimiter)
+        # strict: a quote still open at the end of the file is an error, not one last field that
+        # silently swallowed every row after it.
+        reader = csv.reader(text, delimiter=delimiter, strict=True)
         seen = 0
+        swallowed: list[tuple[int, int]] = []  # (line where the field starts, row-like lines inside it)
         try:
             header = next(reader, None)
             if header is None:
                 return
+            named = corpus.field
             column = header.index(_choose_field(corpus.field, header, f"The header of {path}"))
             corpus.field = header[column]
+            if named is None and len(header) == 1 and _looks_like_text(header[0]):
+                corpus.warnings.append(
+                    f"the first line of {path} ({header[0][:40]!r}) was read as the column name, so it is not counted; "
+                    "if the file has no header row, add one (e.g. 'text')."
+                )
             for row in reader:
                 if column >= len(row):
                     if not any(cell.strip() for cell in row):
                         continue
                     raise TrdeployError(f"{path} line {reader.line_num} has {len(row)} columns, the header has {len(header)}.", hint="Fix the row or quote its text.")
                 value = row[column]
+                if len(header) > 1 and "\n" in value:
+                    rows_inside = sum(line.count(delimiter) >= len(header) - 1 for line in value.split("\n")[1:])
+                    if rows_inside:
+                        swallowed.append((reader.line_num - value.count("\n"), rows_inside))
                 if value.strip():
                     batcher.add(value)
                     if batcher.full():
@@ -364,7 +382,14 @@ def _read_csv(corpus: Corpus) -> Iterator[DocumentBatch]:
         except UnicodeDecodeError:
             raise TrdeployError(f"{path} is not UTF-8 text (near line {reader.line_num + 1}).", hint=UTF8_HINT) from None
         except csv.Error as exc:
-            raise TrdeployError(f"{path} line {reader.line_num} is not valid CSV: {exc}.", hint="Check the quoting of that row.") from None
+            raise TrdeployError(f"{path} line {reader.line_num} is not valid CSV: {exc}.", hint="Check the quoting of that row (a quote left open?).") from None
+    if swallowed:
+        line, rows = swallowed[0]
+        total = sum(n for _, n in swallowed)
+        corpus.warnings.append(
+            f"{path}: {total} line(s) that look like rows are inside quoted text (first at line {line}, {rows} of them); "
+            "a quote left open merges rows into one document. Check the quoting."
+        )
     batcher.progress = _mb(counter.count - seen)
     yield from batcher.rest()
 
