@@ -105,6 +105,7 @@ def test_multi_node_hpa_podmonitor_download_validate(tmp_path):
         pod = tmpl[role]["spec"]
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
         assert pod["runtimeClassName"] == "nvidia"
+        assert pod["initContainers"][0]["name"] == "fetch-model"  # each pod loads its shard from its own emptyDir
     leader_cmd = tmpl["leaderTemplate"]["spec"]["containers"][0]["command"][-1]
     assert "--tensor-parallel-size 4" in leader_cmd and "--distributed-executor-backend ray" in leader_cmd
     assert "LWS_LEADER_ADDRESS" in tmpl["workerTemplate"]["spec"]["containers"][0]["command"][-1]

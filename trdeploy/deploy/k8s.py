@@ -440,7 +440,7 @@ def model_argument(profile: DeploymentProfile) -> str:
 
 
 def _pod_spec(profile: DeploymentProfile, p: _Plan, opts: RenderOptions, *, command: list[str], args: list[str] | None,
-              role: str, probes: bool) -> dict[str, Any]:
+              probes: bool) -> dict[str, Any]:
     volumes, mounts = _volumes(p, opts)
     container: dict[str, Any] = {
         "name": "vllm",
@@ -473,7 +473,8 @@ def _pod_spec(profile: DeploymentProfile, p: _Plan, opts: RenderOptions, *, comm
     }
     if opts.runtime_class:
         spec["runtimeClassName"] = opts.runtime_class
-    if role != "worker" and _is_hub_id(profile.engine_args.model):
+    # Every pod loads its own shard, workers of a multi-node replica too: each fetches (idempotent on the PVC).
+    if _is_hub_id(profile.engine_args.model):
         spec["initContainers"] = [_fetch_container(profile, p, opts, mounts)]
     spec["containers"] = [container]
     spec["volumes"] = volumes
@@ -488,7 +489,7 @@ def _workload(profile: DeploymentProfile, p: _Plan, opts: RenderOptions) -> dict
     }
     template_labels = _labels(p)
     if p.nodes == 1:
-        pod = _pod_spec(profile, p, opts, command=["vllm", "serve"], args=args, role="server", probes=True)
+        pod = _pod_spec(profile, p, opts, command=["vllm", "serve"], args=args, probes=True)
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -514,8 +515,8 @@ def _workload(profile: DeploymentProfile, p: _Plan, opts: RenderOptions) -> dict
         f"ray start --head --port=6379 --num-gpus={p.gpus_per_pod} && {wait_gpus} && exec vllm serve {shlex.join(args)}"
     )
     worker_cmd = f"exec ray start --address=$(LWS_LEADER_ADDRESS):6379 --num-gpus={p.gpus_per_pod} --block"
-    leader = _pod_spec(profile, p, opts, command=["/bin/sh", "-c", leader_cmd], args=None, role="leader", probes=True)
-    worker = _pod_spec(profile, p, opts, command=["/bin/sh", "-c", worker_cmd], args=None, role="worker", probes=False)
+    leader = _pod_spec(profile, p, opts, command=["/bin/sh", "-c", leader_cmd], args=None, probes=True)
+    worker = _pod_spec(profile, p, opts, command=["/bin/sh", "-c", worker_cmd], args=None, probes=False)
     # Workers serve nothing themselves; their health is their Ray node's.
     worker["containers"][0]["readinessProbe"] = {"exec": {"command": ["ray", "status"]}, "periodSeconds": 30, "timeoutSeconds": 20}
     worker["containers"][0]["livenessProbe"] = {"exec": {"command": ["ray", "status"]}, "periodSeconds": 30, "timeoutSeconds": 20, "failureThreshold": 5}
