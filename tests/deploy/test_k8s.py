@@ -101,6 +101,7 @@ def test_multi_node_hpa_podmonitor_download_validate(tmp_path):
     lws = _kind(rendered, "LeaderWorkerSet")
     tmpl = lws["spec"]["leaderWorkerTemplate"]
     assert tmpl["size"] == 2
+    assert any("spans 2 nodes" in w and "pipeline parallelism" in w for w in rendered.warnings)
     for role in ("leaderTemplate", "workerTemplate"):
         pod = tmpl[role]["spec"]
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"

@@ -812,6 +812,12 @@ def render(profile: DeploymentProfile, opts: RenderOptions | None = None) -> Ren
             f"The model is the local folder {profile.engine_args.model}: copy it onto the cache volume as "
             f"{model_argument(profile).removeprefix(MODEL_MOUNT + '/')}/ (the pods read {model_argument(profile)})."
         )
+    if p.nodes > 1:
+        warnings.append(
+            f"One replica spans {p.nodes} nodes with the profile's tensor_parallel_size {p.gpus} (vLLM over Ray): its all-reduce "
+            "crosses the network, which tune's latency prediction (one node's interconnect) does not include; vLLM recommends "
+            "tensor parallelism within a node and pipeline parallelism across nodes (re-tune for that, or measure with `trdeploy bench`)."
+        )
     if p.target_basis.startswith("conservative"):
         warnings.append(f"Autoscaling target {p.target} requests per replica: {p.target_basis}.")
     if p.startup_basis.startswith("conservative"):
