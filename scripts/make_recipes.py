@@ -21,7 +21,7 @@ RECIPES_DIR = ROOT / "recipes"
 
 # An interactive Turkish chat service: 8K context, 1K-token prompts, 256-token answers, 32 users in flight,
 # first token within 2 s (p95) and 50 ms per output token (median).
-WORKLOAD = dict(max_model_len=8192, prompt_tokens=1024, output_tokens=256, concurrency=32, ttft_p95_ms=2000.0, tpot_ms=50.0)
+WORKLOAD = {"max_model_len": 8192, "prompt_tokens": 1024, "output_tokens": 256, "concurrency": 32, "ttft_p95_ms": 2000.0, "tpot_ms": 50.0}
 
 RECIPES: list[TuneRequest] = [
     *(TuneRequest(gpu=gpu, model="llama-3-8b", quantization=q, **WORKLOAD) for q in ("none", "awq") for gpu in ("h100", "a100-80gb", "l40s", "rtx4090")),

@@ -31,4 +31,5 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
         env=full_env,
         cwd=cwd,
         timeout=timeout,
+        check=False,
     )

@@ -33,7 +33,7 @@ class _Codec:
 
             tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
             self.encode = lambda text: tok.encode(text, add_special_tokens=False).ids
-            self.decode = lambda ids: tok.decode(ids)
+            self.decode = tok.decode
         else:
             from trdeploy.text.tokenizers import load_tokenizer
 

@@ -81,10 +81,10 @@ def test_tokens_per_word_interface(meta3):
     assert tokens_per_word(tok, texts, 100.0) == pytest.approx(max(ratios))
     assert tokens_per_word(tok, texts, 0.0) == pytest.approx(min(ratios))
     assert tokens_per_word(tok, texts) == pytest.approx(float(np.percentile(ratios, 95.0)))
-    assert tokens_per_word(tok, texts + ["—", "..."], 100.0) == pytest.approx(max(ratios))  # no words: left out
+    assert tokens_per_word(tok, [*texts, "—", "..."], 100.0) == pytest.approx(max(ratios))  # no words: left out
     with pytest.raises(TrdeployError, match="percentile"):
         tokens_per_word(tok, texts, 101.0)
-    with pytest.raises(TrdeployError, match="no word|None of the texts"):
+    with pytest.raises(TrdeployError, match=r"no word|None of the texts"):
         tokens_per_word(tok, ["!!!"])
 
 
@@ -111,7 +111,7 @@ def test_fragmented_words_are_ranked_and_pieced():
     tok = load_tokenizer("llama3")
     counts = Counter({"gerçekleştirilemeyecek": 7, "ve": 50, "bir": 40, "randevunuzu": 5, "nadiren": 1, "2024": 9})
     words = fragmented_words(tok, counts, min_count=5, top=3)
-    assert [w.word for w in words][0] == "gerçekleştirilemeyecek"
+    assert words[0].word == "gerçekleştirilemeyecek"
     assert all(w.count >= 5 for w in words) and "nadiren" not in [w.word for w in words]
     assert "2024" not in [w.word for w in words]  # numbers are not words with letters
     assert [w.tokens for w in words] == sorted((w.tokens for w in words), reverse=True)
@@ -127,7 +127,8 @@ def test_fragmented_words_are_ranked_and_pieced():
 
 def test_llama3_counts_equal_llama_models(meta3):
     tok = load_tokenizer("llama3")
-    texts = nonblank_lines(DATA / "profile_tr.txt") + [
+    texts = [
+        *nonblank_lines(DATA / "profile_tr.txt"),
         "<|begin_of_text|> özel belirteç metin olarak sayılır <|eot_id|>",
         "a" * 30_000,  # llama_models splits runs over 25,000 characters before tiktoken
         ("kelime " * 5000) + "x" * 26_000,
@@ -344,7 +345,7 @@ def test_parquet_corpus(tmp_path, meta3):
 
     docs = nonblank_lines(DATA / "profile_tr.txt")
     path = tmp_path / "tr.parquet"
-    pq.write_table(pa.table({"id": list(range(len(docs) + 1)), "content": docs + [None]}), path, row_group_size=4)
+    pq.write_table(pa.table({"id": list(range(len(docs) + 1)), "content": [*docs, None]}), path, row_group_size=4)
     data = profile_json("--corpus", str(path), "--field", "content")
     assert data["corpus"]["documents"] == len(docs) and data["corpus"]["skipped_blank"] == 1
     assert data["results"][0]["turkish_tokens"] == meta_count(meta3, docs)
@@ -454,7 +455,7 @@ def test_parallel_corpus_api_counts_blank_pairs(tmp_path):
         "jsonl-invalid", "csv-missing-column", "parallel-lengths", "parallel-not-utf8", "tsv-columns-unknown",
         "unknown-tokenizer", "missing-tokenizer-path", "not-a-tokenizer-file", "folder-without-tokenizer",
         "two-corpora", "limit-zero", "hub-dataset-not-cached",
-    ],  # fmt: skip
+    ],
 )
 def test_bad_input_is_one_line_exit_2(args, needles):
     assert_user_error(run_cli("profile", *args, env=OFFLINE, cwd=DATA.parent.parent), *needles)

@@ -356,8 +356,8 @@ def parse_sweep(text: str) -> tuple[str, list[float]]:
     if not sep or name not in ("concurrency", "request_rate"):
         raise TrdeployError(f"--sweep {text!r} is not PARAMETER=V1,V2,...", hint="Use --sweep concurrency=1,4,16 or --sweep request-rate=0.5,1,2.")
     out: list[float] = []
-    for v in values.split(","):
-        v = v.strip()
+    for raw in values.split(","):
+        v = raw.strip()
         if not v:
             continue
         try:
@@ -568,7 +568,7 @@ def build_prompts(plan: BenchPlan) -> PromptSource:
     if kind == "synthetic":
         return SyntheticPrompts(spec["input_len"], spec["vocab_size"], seed=seed)
     if kind == "dataset":
-        limit = max(1000, max((s.num_requests or 0) for s in plan.loads))
+        limit = max([1000, *((s.num_requests or 0) for s in plan.loads)])
         return dataset_prompts(spec["dataset"], spec["split"], spec["field"], api, seed=seed, limit=limit)
     if kind == "file":
         return file_prompts(Path(spec["path"]), api, seed=seed)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -163,7 +163,7 @@ class ResultStore:
     few samples of each kind.
     """
 
-    _FIELDS = {
+    _FIELDS: ClassVar[dict[str, Any]] = {
         "start": np.float64,
         "queue_time": np.float64,
         "ttft": np.float64,

@@ -19,9 +19,12 @@ from trdeploy.output import emit, ensure_writable, progress, refuse_input_as_out
 
 HELP = """Measure a live OpenAI-compatible endpoint (vLLM first) against the SLA.
 
-Streams chat completions (or completions) at a fixed concurrency (closed loop), at a Poisson request rate, or over a sweep of either, and reports TTFT, TPOT, ITL and end-to-end latency (mean, p50, p95, p99) exactly as `vllm bench serve` defines them, request/token throughput, Turkish words per second, error counts by kind, goodput, and what the server's Prometheus /metrics counted meanwhile.
+Streams chat completions (or completions) at a fixed concurrency (closed loop), at a Poisson request rate, or over a sweep of either, and reports \
+TTFT, TPOT, ITL and end-to-end latency (mean, p50, p95, p99) exactly as `vllm bench serve` defines them, request/token throughput, Turkish words per \
+second, error counts by kind, goodput, and what the server's Prometheus /metrics counted meanwhile.
 
-The verdict checks p95 TTFT, p95 E2E and median TPOT against the SLA (from --profile or --sla-* flags) and the error rate against --max-error-rate. Exit code: 0 pass, 1 SLA failed, 2 bad input, 130 interrupted (Ctrl-C prints the partial report).
+The verdict checks p95 TTFT, p95 E2E and median TPOT against the SLA (from --profile or --sla-* flags) and the error rate against --max-error-rate. \
+Exit code: 0 pass, 1 SLA failed, 2 bad input, 130 interrupted (Ctrl-C prints the partial report).
 
 [bold]Examples[/]
 
@@ -52,13 +55,15 @@ def bench(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model name to request \\[default: the profile's served model name, else the first of /v1/models].")] = None,
     api_key: Annotated[str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token (or OPENAI_API_KEY).", show_default=False)] = None,
     profile: Annotated[Path | None, typer.Option("--profile", "-p", help="DeploymentProfile (trdeploy.yaml): SLA, served model name, workload defaults.")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Requests in flight (closed loop); with --request-rate, a cap. \\[default: 1, or the profile's workload.concurrency]")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Requests in flight (closed loop); with --request-rate, a cap. "
+        "\\[default: 1, or the profile's workload.concurrency]")] = None,
     request_rate: Annotated[float | None, typer.Option("--request-rate", "-r", help="Arrivals per second (Poisson; see --burstiness).")] = None,
     burstiness: Annotated[float, typer.Option("--burstiness", help="Gamma shape of the arrival gaps: 1 Poisson, <1 burstier, >1 more regular (as vLLM).")] = 1.0,
     sweep: Annotated[str | None, typer.Option("--sweep", help="Run several load levels: concurrency=1,4,16 or request-rate=0.5,1,2.")] = None,
     num_prompts: Annotated[int | None, typer.Option("--num-prompts", "-n", help="Requests per load level \\[default: 100, or unlimited with --duration].")] = None,
     duration: Annotated[float | None, typer.Option("--duration", help="Stop sending after this many seconds (requests in flight finish).")] = None,
-    prompts: Annotated[str, typer.Option("--prompts", help="embedded (chat: Turkish conversations; completions: Turkish corpus), corpus, conversations, or a file (.txt lines / .jsonl with prompt, messages or text).")] = "embedded",
+    prompts: Annotated[str, typer.Option("--prompts", help="embedded (chat: Turkish conversations; completions: Turkish corpus), corpus, conversations, "
+        "or a file (.txt lines / .jsonl with prompt, messages or text).")] = "embedded",
     dataset: Annotated[str | None, typer.Option("--dataset", help="Hugging Face dataset id (or local data folder) to take prompts from (needs trdeploy\\[data]).")] = None,
     dataset_split: Annotated[str, typer.Option("--dataset-split", help="Dataset split.")] = "train",
     dataset_field: Annotated[str | None, typer.Option("--dataset-field", help="Dataset column with the prompts \\[default: messages/conversations/prompt/text...].")] = None,
@@ -77,7 +82,8 @@ def bench(
     percentiles: Annotated[str, typer.Option("--percentiles", help="Percentiles to report (p95 always).")] = "50,95,99",
     warmup: Annotated[int, typer.Option("--warmup", help="Requests sent before measuring (not counted).")] = 0,
     server_metrics: Annotated[bool, typer.Option("--server-metrics/--no-server-metrics", help="Scrape Prometheus /metrics before and after each run (counter deltas, server-side means).")] = True,
-    gauge_interval: Annotated[float, typer.Option("--gauge-interval", help="Also sample the server's running/waiting/KV-use gauges every S seconds during the run, for their peaks (0: off; each scrape perturbs the run a little).")] = 0.0,
+    gauge_interval: Annotated[float, typer.Option("--gauge-interval", help="Also sample the server's running/waiting/KV-use gauges every S seconds during the run, for their peaks "
+        "(0: off; each scrape perturbs the run a little).")] = 0.0,
     http_client: Annotated[str, typer.Option("--http-client", help="auto (a lean built-in HTTP/1.1 client for plain http://, httpx for https:// or proxies), raw or httpx.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed for prompt order, synthetic prompts and arrival times.")] = 0,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of the TTFT/TPOT/ITL/E2E distributions (needs matplotlib).")] = None,
@@ -151,7 +157,7 @@ def _num(value: float | None, digits: int = 2) -> str:
 def render(console: Console, report: dict[str, Any], output: Path | None, plot: Path | None) -> None:
     ep = report["endpoint"]
     console.print(f"[bold]trdeploy bench[/]: {ep['model']} at {ep['url']} ({ep['api']}), prompts: {report['prompts']['description']}")
-    pcts = [p for p in report["percentiles"]]
+    pcts = list(report["percentiles"])
     runs = report["runs"]
     for run in runs:
         _render_run(console, run, pcts, len(runs) > 1)

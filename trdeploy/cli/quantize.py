@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,11 +28,11 @@ from trdeploy.quant.quantization import (
 )
 
 
-class Compare(str, Enum):
+class Compare(StrEnum):
     rtn = "rtn"
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     compressed_tensors = "compressed-tensors"
     awq = "awq"
 

@@ -396,7 +396,10 @@ def inspect_model(path: Path) -> ModelFacts:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     except (ValueError, KeyError, TypeError) as exc:
-        raise TrdeployError(f"transformers cannot build {architecture} as a causal language model: {str(exc).splitlines()[0][:200]}", hint="trdeploy quantizes decoder-only text models such as Llama-3.") from exc
+        raise TrdeployError(
+            f"transformers cannot build {architecture} as a causal language model: {str(exc).splitlines()[0][:200]}",
+            hint="trdeploy quantizes decoder-only text models such as Llama-3.",
+        ) from exc
     linear_in, linear_out = {}, {}
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in IGNORE and name not in IGNORE:

@@ -68,7 +68,7 @@ class GpuSpec:
 
 
 def _gib(x: float) -> int:
-    return int(round(x * GiB))
+    return round(x * GiB)
 
 
 _CATALOG: tuple[GpuSpec, ...] = (

@@ -177,7 +177,7 @@ def predict_latency(
 
     def prefill_ms(tokens: float) -> float:
         if tokens <= budget:
-            return step.prefill_chunk_ms(max(1, int(round(tokens))), prompt_ctx)
+            return step.prefill_chunk_ms(max(1, round(tokens)), prompt_ctx)
         return tokens / budget * step.prefill_chunk_ms(budget, prompt_ctx)
 
     wave = prefill_ms(wave_tokens)

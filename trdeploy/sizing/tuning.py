@@ -221,7 +221,8 @@ def _not_fit_error(model: ResolvedModel, gpu: GpuSpec, plan: _Plan, kv: KvCacheP
             f"{kv.available_gib:.2f} GiB is left ({kv.kv_cache_tokens:,} tokens)"
         )
     options = _what_would_fit(model, gpu, plan, compile_cache, gpus_fixed)
-    hint = ("What would make it fit: " + "; ".join(options) + ".") if options else f"Nothing in the catalog fits it, even as AWQ with fp8 KV cache on {MAX_TP} GPUs of the largest tier; use a smaller model."
+    nothing = f"Nothing in the catalog fits it, even as AWQ with fp8 KV cache on {MAX_TP} GPUs of the largest tier; use a smaller model."
+    hint = ("What would make it fit: " + "; ".join(options) + ".") if options else nothing
     return TrdeployError(f"{what} does not fit {where}: {why}.", hint=hint)
 
 
