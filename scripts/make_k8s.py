@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trdeploy.deploy.k8s import file_texts, render as render_profile  # noqa: E402
+from trdeploy.deploy.k8s import file_texts  # noqa: E402
+from trdeploy.deploy.k8s import render as render_profile  # noqa: E402
 from trdeploy.deployment import DeploymentProfile  # noqa: E402
 
 RECIPES_DIR = ROOT / "recipes"

@@ -69,7 +69,8 @@ def _reply(writer, status, body, ctype="application/json"):
 
 
 def _metrics():
-    labels = '{engine="0",model_name="%s"}' % NAME.replace('"', '\\"')
+    escaped = NAME.replace('"', '\\"')
+    labels = f'{{engine="0",model_name="{escaped}"}}'
     lines = [
         "# TYPE vllm:num_requests_running gauge",
         f"vllm:num_requests_running{labels} {STATE['running']}",

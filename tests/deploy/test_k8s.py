@@ -8,8 +8,6 @@ import json
 import math
 import re
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -90,7 +88,7 @@ def test_validation_catches_a_broken_object(tmp_path):
     folder = _write(rendered, tmp_path / "out2")
     text = (folder / "deployment.yaml").read_text().replace("privileged: false", "privileged: true")
     (folder / "deployment.yaml").write_text(text)
-    with pytest.raises(TrdeployError, match="checkov fails .*CKV_K8S_16"):
+    with pytest.raises(TrdeployError, match=r"checkov fails .*CKV_K8S_16"):
         validate_folder(folder)
 
 
@@ -140,7 +138,7 @@ def test_deployment_follows_the_profile():
     assert c["command"] == ["vllm", "serve"]
     args = c["args"]
     assert args[0] == prof.engine_args.model
-    for flag, value in zip(prof.engine_args.to_cli_args()[::2], prof.engine_args.to_cli_args()[1::2]):
+    for flag, value in zip(prof.engine_args.to_cli_args()[::2], prof.engine_args.to_cli_args()[1::2], strict=True):
         assert args[args.index(flag) + 1] == value
     assert args[args.index("--served-model-name") + 1] == prof.model.id
     # secrets by reference only, API key on by default
@@ -228,7 +226,7 @@ def test_alerts_and_dashboard_use_the_metric_table():
 
 
 def test_unknown_vllm_version_is_refused():
-    with pytest.raises(TrdeployError, match="No vLLM metric table for vLLM 0.8.1"):
+    with pytest.raises(TrdeployError, match=r"No vLLM metric table for vLLM 0\.8\.1"):
         vllm_metrics.metrics_for("0.8.1")
     assert vllm_metrics.metrics_for("0.25.3").model_label == "model_name"
 
@@ -328,9 +326,8 @@ def standin_openai_image(docker_client):
     import io
     import tarfile
 
-    from tests.deploy.conftest import ROOTFS_TAG
-
     import docker
+    from tests.deploy.conftest import ROOTFS_TAG
 
     try:
         docker_client.images.get(ROOTFS_TAG)

@@ -6,26 +6,28 @@ import sys
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional, get_args
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from trdeploy.cli._options import ForceOpt, JsonOpt, choices, opt
 from trdeploy.args import default
+from trdeploy.cli._options import ForceOpt, JsonOpt, choices, opt
 from trdeploy.deploy.k8s import RenderOptions
 from trdeploy.errors import TrdeployError
 from trdeploy.output import atomic_directory, emit, warn
 
-HELP = """Kubernetes manifests for a DeploymentProfile: the vLLM server, its autoscaling, monitoring and alerts.
-
-Writes a kustomize folder: a Deployment (or a LeaderWorkerSet when a replica needs more GPUs than a node has, with --multi-node), Service, model-cache PVC, KEDA ScaledObject on vLLM's own in-flight requests (or --autoscaler hpa), PodDisruptionBudget, ServiceMonitor, PrometheusRule alerts derived from the SLA, NetworkPolicy and a Grafana dashboard ConfigMap. Probes, /dev/shm, resources, drain and autoscaling numbers come from the profile; every option below overrides one.
-
-The API key (on by default) and the Hugging Face token are read from Secrets by reference; create them first:
-kubectl -n llm create secret generic NAME-api-key --from-literal=api-key=...
-
-[bold]Examples[/]
+HELP = (
+    "Kubernetes manifests for a DeploymentProfile: the vLLM server, its autoscaling, monitoring and alerts.\n\n"
+    "Writes a kustomize folder: a Deployment (or a LeaderWorkerSet when a replica needs more GPUs than a node has, "
+    "with --multi-node), Service, model-cache PVC, KEDA ScaledObject on vLLM's own in-flight requests (or "
+    "--autoscaler hpa), PodDisruptionBudget, ServiceMonitor, PrometheusRule alerts derived from the SLA, "
+    "NetworkPolicy and a Grafana dashboard ConfigMap. Probes, /dev/shm, resources, drain and autoscaling numbers "
+    "come from the profile; every option overrides one.\n\n"
+    "The API key (on by default) and the Hugging Face token are read from Secrets by reference; create them first:\n"
+    "kubectl -n llm create secret generic NAME-api-key --from-literal=api-key=...\n\n"
+    """[bold]Examples[/]
 
   trdeploy render-k8s trdeploy.yaml -o k8s/ --validate
 
@@ -35,6 +37,7 @@ kubectl -n llm create secret generic NAME-api-key --from-literal=api-key=...
 
   trdeploy render-k8s big.yaml -o out/ --multi-node --autoscaler hpa --json
 """
+)
 
 
 def _choices(field: str) -> type[Enum]:
@@ -50,21 +53,21 @@ R = RenderOptions
 def render_k8s(
     profile: Annotated[Path, typer.Argument(help="DeploymentProfile written by `trdeploy tune` (trdeploy.yaml).", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (kustomize), or - for one multi-document YAML stream on stdout.", show_default=False)],
-    name: Annotated[Optional[str], opt(R, "name")] = default(R, "name"),
+    name: Annotated[str | None, opt(R, "name")] = default(R, "name"),
     namespace: Annotated[str, opt(R, "namespace", "--namespace", "-n")] = default(R, "namespace"),
-    image: Annotated[Optional[str], opt(R, "image")] = default(R, "image"),
-    replicas_min: Annotated[Optional[int], opt(R, "replicas_min")] = default(R, "replicas_min"),
-    replicas_max: Annotated[Optional[int], opt(R, "replicas_max")] = default(R, "replicas_max"),
-    target_concurrency: Annotated[Optional[int], opt(R, "target_concurrency")] = default(R, "target_concurrency"),
-    gpus_per_node: Annotated[Optional[int], opt(R, "gpus_per_node")] = default(R, "gpus_per_node"),
+    image: Annotated[str | None, opt(R, "image")] = default(R, "image"),
+    replicas_min: Annotated[int | None, opt(R, "replicas_min")] = default(R, "replicas_min"),
+    replicas_max: Annotated[int | None, opt(R, "replicas_max")] = default(R, "replicas_max"),
+    target_concurrency: Annotated[int | None, opt(R, "target_concurrency")] = default(R, "target_concurrency"),
+    gpus_per_node: Annotated[int | None, opt(R, "gpus_per_node")] = default(R, "gpus_per_node"),
     multi_node: Annotated[bool, opt(R, "multi_node")] = default(R, "multi_node"),
-    runtime_class: Annotated[Optional[str], opt(R, "runtime_class")] = default(R, "runtime_class"),
+    runtime_class: Annotated[str | None, opt(R, "runtime_class")] = default(R, "runtime_class"),
     model_source: Annotated[ModelSource, opt(R, "model_source")] = default(R, "model_source"),
-    storage_class: Annotated[Optional[str], opt(R, "storage_class")] = default(R, "storage_class"),
-    cache_size_gi: Annotated[Optional[int], opt(R, "cache_size_gi")] = default(R, "cache_size_gi"),
+    storage_class: Annotated[str | None, opt(R, "storage_class")] = default(R, "storage_class"),
+    cache_size_gi: Annotated[int | None, opt(R, "cache_size_gi")] = default(R, "cache_size_gi"),
     api_key: Annotated[bool, opt(R, "api_key")] = default(R, "api_key"),
-    api_key_secret: Annotated[Optional[str], opt(R, "api_key_secret")] = default(R, "api_key_secret"),
-    hf_token_secret: Annotated[Optional[str], opt(R, "hf_token_secret")] = default(R, "hf_token_secret"),
+    api_key_secret: Annotated[str | None, opt(R, "api_key_secret")] = default(R, "api_key_secret"),
+    hf_token_secret: Annotated[str | None, opt(R, "hf_token_secret")] = default(R, "hf_token_secret"),
     autoscaler: Annotated[Autoscaler, opt(R, "autoscaler")] = default(R, "autoscaler"),
     monitor: Annotated[Monitor, opt(R, "monitor")] = default(R, "monitor"),
     prometheus_url: Annotated[str, opt(R, "prometheus_url")] = default(R, "prometheus_url"),

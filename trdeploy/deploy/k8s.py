@@ -10,15 +10,15 @@ import json
 import math
 import re
 import shlex
-from pathlib import PurePosixPath
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, ClassVar, Literal
 
 import yaml
 
 from trdeploy.args import Args, arg
-from trdeploy.deployment import DeploymentProfile
 from trdeploy.deploy.vllm_metrics import Histogram, VllmMetrics, metrics_for
+from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
 
 GiB = 1024**3
@@ -221,8 +221,8 @@ def _plan(profile: DeploymentProfile, opts: RenderOptions) -> _Plan:
     cpu = 4 + 2 * gpus_per_pod
     # Host memory: the rank's weights pass through page cache/pinned buffers once, plus the process,
     # tokenizer workers and the /dev/shm emptyDir (it counts against the memory limit).
-    memory_gi = int(math.ceil(weights_total_gi / nodes * 1.2 + 8 + 2 * gpus_per_pod + shm_gi))
-    cache_gi = opts.cache_size_gi or int(math.ceil(weights_total_gi * 1.25 + 20))
+    memory_gi = math.ceil(weights_total_gi / nodes * 1.2 + 8 + 2 * gpus_per_pod + shm_gi)
+    cache_gi = opts.cache_size_gi or math.ceil(weights_total_gi * 1.25 + 20)
 
     served = profile.engine_args.served_model_name or profile.model.id
     image = opts.image or _default_image(profile)
