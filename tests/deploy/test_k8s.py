@@ -285,6 +285,9 @@ def test_cli_folder_stream_and_force(tmp_path):
     docs = list(yaml.safe_load_all(stream.stdout))
     assert [d["kind"] for d in docs] == [o["kind"] for o in render(_load()).objects]
     assert "&id" not in stream.stdout  # plain YAML, no anchors
+    checked = run_cli("render-k8s", str(H100_8B), "-o", "-", "--validate")
+    assert checked.returncode == 0 and checked.stdout == stream.stdout, checked.stderr
+    assert run_cli("render-k8s", str(H100_8B), "-o", "-", "--json").returncode == 2
     help_text = run_cli("render-k8s", "--help").stdout
     assert "Examples" in help_text and "--replicas-min" in help_text
 
