@@ -309,7 +309,7 @@ def _read_jsonl(corpus: Corpus) -> Iterator[DocumentBatch]:
             if not isinstance(row, dict):
                 raise TrdeployError(f"{where} is not an object.", hint="Each line of a JSONL corpus must be a JSON object.")
             fld = corpus.field = _choose_field(None, row.keys(), where)
-        text = _row_text(row, fld, where, lambda: ", ".join(row) if isinstance(row, dict) else "")
+        text = _row_text(row, fld, where, lambda row=row: ", ".join(row) if isinstance(row, dict) else "")
         if text and text.strip():
             batcher.add(text)
             if batcher.full():
@@ -415,8 +415,9 @@ def _read_parquet(corpus: Corpus) -> Iterator[DocumentBatch]:
     batcher = _Batcher(parallel=False)
     row_no = 0
     for record_batch in parquet.iter_batches(batch_size=4096, columns=[fld]):
-        for value in record_batch.column(0).to_pylist():
+        for cell in record_batch.column(0).to_pylist():
             row_no += 1
+            value = cell
             if isinstance(value, list):
                 value = _message_text(value, f"{path} row {row_no}")
             elif value is not None and not isinstance(value, str):
@@ -487,7 +488,7 @@ def _read_hub_dataset(corpus: Corpus, subset: str | None, split: str) -> Iterato
         where = f"{corpus.source} row {row_no}"
         if fld is None:
             fld = corpus.field = _choose_field(None, row.keys(), where)
-        text = _row_text(row, fld, where, lambda: ", ".join(row))
+        text = _row_text(row, fld, where, lambda row=row: ", ".join(row))
         if batcher.add_row(text, corpus):
             yield batcher.take()
     yield from batcher.rest()
@@ -568,7 +569,10 @@ def _read_parallel_tsv(corpus: Corpus, tr_column: int | None, en_column: int | N
                 continue  # the header row
         tr_i, en_i, _, codes = columns
         if max(tr_i, en_i) >= len(cells):
-            raise TrdeployError(f"{path} line {line_no} has {len(cells)} columns; the Turkish and English text are in columns {tr_i + 1} and {en_i + 1}.", hint="Fix that row, or pass --tr-column / --en-column.")
+            raise TrdeployError(
+                f"{path} line {line_no} has {len(cells)} columns; the Turkish and English text are in columns {tr_i + 1} and {en_i + 1}.",
+                hint="Fix that row, or pass --tr-column / --en-column.",
+            )
         if codes is not None and (cells[0], cells[1]) != codes:
             raise TrdeployError(f"{path} line {line_no} has languages {cells[0]}/{cells[1]}, the first row {codes[0]}/{codes[1]}.", hint="Keep one language order in the file.")
         tr_text, en_text = cells[tr_i], cells[en_i]

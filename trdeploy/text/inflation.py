@@ -88,7 +88,7 @@ def length_percentiles(lengths: np.ndarray) -> dict[str, float]:
     if lengths.size == 0:
         return {**{f"p{p}": 0 for p in PERCENTILES}, "max": 0, "mean": 0.0}
     values = np.percentile(lengths, PERCENTILES, method="inverted_cdf")
-    out: dict[str, float] = {f"p{p}": int(v) for p, v in zip(PERCENTILES, values)}
+    out: dict[str, float] = {f"p{p}": int(v) for p, v in zip(PERCENTILES, values, strict=True)}
     out["max"] = int(lengths.max())
     out["mean"] = round(float(lengths.mean()), 2)
     return out
@@ -255,7 +255,7 @@ def measure(
     def collect_side(work: _SideWork, store: dict[int, list[np.ndarray]], counts: SideCounts) -> None:
         for future in work.chunks:
             token_arrays, words, characters = future.result()
-            for i, array in zip(chunked, token_arrays):
+            for i, array in zip(chunked, token_arrays, strict=True):
                 store[i].append(array)
             counts.words.append(words)
             counts.characters += characters
@@ -339,7 +339,7 @@ def word_token_ids(tokenizer: Tokenizer, words: Sequence[str]) -> list[list[int]
     fallback = [i for i, ids in enumerate(rest) if ids[:k] != prefix]
     if fallback:  # the context merged with the word: measure " word" alone instead
         again = tokenizer.encode_batch([" " + words[i] for i in fallback])
-        for i, ids in zip(fallback, again):
+        for i, ids in zip(fallback, again, strict=True):
             rest[i] = [*prefix, *ids]
     return [ids[k:] for ids in rest]
 
@@ -352,7 +352,7 @@ def fragmented_words(
         return []
     frequent = [(w, c) for w, c in word_counts.items() if c >= min_count and any(ch.isalpha() for ch in w)]
     ids = word_token_ids(tokenizer, [w for w, _ in frequent])
-    ranked = sorted(zip(frequent, ids), key=lambda item: (-len(item[1]), -item[0][1], item[0][0]))[:top]
+    ranked = sorted(zip(frequent, ids, strict=True), key=lambda item: (-len(item[1]), -item[0][1], item[0][0]))[:top]
     return [
         FragmentedWord(
             word=w,

@@ -78,7 +78,7 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def _thread_pool() -> ThreadPoolExecutor:
-    global _pool
+    global _pool  # noqa: PLW0603 - one pool per process, made on first use
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=worker_threads(), thread_name_prefix="trdeploy-tok")
@@ -187,7 +187,7 @@ def _byte_decoder() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
