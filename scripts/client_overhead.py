@@ -54,9 +54,9 @@ def summary(name: str, ttft_s: np.ndarray, itl_s: np.ndarray, start_s: np.ndarra
 
 
 def run_trdeploy(port: int, args: argparse.Namespace) -> dict:
-    from trdeploy.bench.benchmark import SyntheticPrompts
     from trdeploy.bench.loadgen import Endpoint, LoadSpec, Sampling, run_load
     from trdeploy.bench.metrics import ResultStore
+    from trdeploy.bench.prompts import SyntheticPrompts
 
     store = ResultStore(expected=args.requests)
     endpoint = Endpoint(base_url=f"http://127.0.0.1:{port}", api="completions", model="m")

@@ -51,7 +51,7 @@ trap cleanup EXIT
 scrape() {  # $1: file for the server's vllm:* samples now (the same parser trdeploy bench uses)
   PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 -c "
 import json, sys, httpx
-from trdeploy.bench.benchmark import parse_prometheus
+from trdeploy.bench.prometheus import parse_prometheus
 json.dump(parse_prometheus(httpx.get(sys.argv[1] + '/metrics', timeout=10).text, 'm'), open(sys.argv[2], 'w'))" "$URL" "$1" 2>/dev/null || echo '{}' > "$1"
 }
 
@@ -122,7 +122,7 @@ PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 - "$RUNS" "$OUTDIR" "$PROM
 import glob, json, statistics, sys
 from pathlib import Path
 
-from trdeploy.bench.benchmark import server_metrics_delta
+from trdeploy.bench.prometheus import server_metrics_delta
 
 runs, out, prompts = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 trd = [json.loads(Path(f).read_text())["runs"][0] for f in sorted(glob.glob(f"{runs}/trd_*.json"))]

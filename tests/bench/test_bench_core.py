@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_cli
 
-from trdeploy.bench.benchmark import parse_prometheus, parse_sweep, plan_bench, server_metrics_delta
 from trdeploy.bench.loadgen import LoadSpec, SSEParser, _chunk_text, _Dechunker, arrival_offsets
 from trdeploy.bench.metrics import (
     STATUS_CANCELLED,
@@ -31,6 +30,8 @@ from trdeploy.bench.metrics import (
     peak_concurrency,
     summarize,
 )
+from trdeploy.bench.plan import parse_sweep, plan_bench
+from trdeploy.bench.prometheus import parse_prometheus, server_metrics_delta
 from trdeploy.errors import TrdeployError
 from trdeploy.text.embedded import embedded_pairs
 
@@ -331,7 +332,7 @@ def test_the_bench_path_imports_only_what_a_bare_gpu_machine_has() -> None:
     are installed: no heavy or optional package may be imported by the CLI or the bench modules."""
     code = (
         "import sys\n"
-        "import trdeploy.cli, trdeploy.cli.bench, trdeploy.bench.benchmark, trdeploy.bench.loadgen, trdeploy.bench.metrics\n"
+        "import trdeploy.cli, trdeploy.cli.bench, trdeploy.bench.plan, trdeploy.bench.run, trdeploy.bench.prompts, trdeploy.bench.prometheus, trdeploy.bench.loadgen, trdeploy.bench.metrics\n"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)

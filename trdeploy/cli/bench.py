@@ -1,4 +1,4 @@
-"""`trdeploy bench`: parse options, call trdeploy.bench.benchmark, print (thin)."""
+"""`trdeploy bench`: parse options, call trdeploy.bench (plan, run, plot), print (thin)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,9 @@ def bench(
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    from trdeploy.bench.benchmark import load_label, plan_bench, plot_png, run_bench
+    from trdeploy.bench.plan import plan_bench
+    from trdeploy.bench.plot import plot_png
+    from trdeploy.bench.run import load_label, run_bench
 
     for path in (output, plot):
         if path is not None:

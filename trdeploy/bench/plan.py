@@ -1,0 +1,324 @@
+"""`plan_bench(...)`: options (and the DeploymentProfile, when given) -> a `BenchPlan`, checked before any request."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from trdeploy.bench.loadgen import Endpoint, LoadSpec, PromptSource, Sampling
+from trdeploy.bench.metrics import SlaTargets
+from trdeploy.bench.prompts import SyntheticPrompts, dataset_prompts, embedded_prompts, file_prompts
+from trdeploy.errors import TrdeployError
+
+DEFAULT_URL = "http://localhost:8000"
+DEFAULT_NUM_PROMPTS = 100
+DEFAULT_PERCENTILES = (50.0, 95.0, 99.0)
+# Llama-3's regular (non-special) token ids are 0..127999; synthetic prompts draw from [0, vocab).
+DEFAULT_SYNTHETIC_VOCAB = 128_000
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    endpoint: Endpoint
+    sampling: Sampling
+    loads: tuple[LoadSpec, ...]
+    sweep_parameter: str | None  # "concurrency" | "request_rate" | None
+    prompt_spec: dict[str, Any]  # how to build the prompt source (built after model detection)
+    sla: SlaTargets
+    sla_source: str
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
+    warmup: int = 0
+    server_metrics: bool = True
+    gauge_interval_s: float = 0.0  # sample /metrics gauges during the run (0: only before and after)
+    model_source: str = "flag"
+    profile_defaults: tuple[str, ...] = ()
+    seed: int = 0
+    http_client: str = "auto"
+
+
+def normalize_url(url: str) -> tuple[str, str]:
+    """(server root, v1 prefix) from a URL given with or without its /v1."""
+    url = url.strip().rstrip("/")
+    hint = "Pass the server root, e.g. --url http://localhost:8000."
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise TrdeployError(f"--url {url!r} is not an http(s) URL.", hint=hint)
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        raise TrdeployError(f"--url {url!r} contains spaces or control characters.", hint=hint)
+    try:  # urllib and httpx raise ValueError for a port out of range, a non-numeric port or bad IPv6
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+        if "[" in parts.netloc:
+            ipaddress.IPv6Address((host or "").split("%")[0])
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise TrdeployError(f"--url {url!r} is not a valid URL ({exc}).", hint=hint) from None
+    if not host:
+        raise TrdeployError(f"--url {url!r} has no host.", hint=hint)
+    if port == 0:
+        raise TrdeployError(f"--url {url!r}: port 0 is not a server port.", hint=hint)
+    if url.endswith("/v1"):
+        return url[:-3], "/v1"
+    return url, "/v1"
+
+
+def check_header_value(value: str, what: str) -> None:
+    """Refuse a value that cannot be an HTTP header: CR/LF would inject headers, and HTTP/1.1 header
+    values are visible ASCII (httpx would raise UnicodeEncodeError deep in a request)."""
+    bad = next((ch for ch in value if not (0x20 <= ord(ch) < 0x7F or ch == "\t")), None)
+    if bad is not None:
+        raise TrdeployError(f"{what} contains {bad!r}, which an HTTP header cannot carry.", hint="Pass the token alone, without line breaks or non-ASCII characters.")
+
+
+def parse_sweep(text: str) -> tuple[str, list[float]]:
+    """`concurrency=1,4,16` or `request-rate=0.5,1,2` -> (parameter, values)."""
+    name, sep, values = text.partition("=")
+    name = name.strip().lower().replace("-", "_")
+    if name in ("rate", "qps", "rps"):
+        name = "request_rate"
+    if not sep or name not in ("concurrency", "request_rate"):
+        raise TrdeployError(f"--sweep {text!r} is not PARAMETER=V1,V2,...", hint="Use --sweep concurrency=1,4,16 or --sweep request-rate=0.5,1,2.")
+    out: list[float] = []
+    for raw in values.split(","):
+        v = raw.strip()
+        if not v:
+            continue
+        try:
+            x = float(v)
+        except ValueError as exc:
+            raise TrdeployError(f"--sweep value {v!r} is not a number.", hint="Use --sweep concurrency=1,4,16.") from exc
+        if name == "concurrency" and (x < 1 or x != int(x)):
+            raise TrdeployError(f"--sweep concurrency value {v} is not a whole number of at least 1.", hint="Use --sweep concurrency=1,4,16.")
+        if name == "request_rate" and not x > 0:
+            raise TrdeployError(f"--sweep request-rate value {v} must be above 0.", hint="Use --sweep request-rate=0.5,1,2.")
+        out.append(x)
+    if not out:
+        raise TrdeployError(f"--sweep {text!r} lists no values.", hint="Use --sweep concurrency=1,4,16.")
+    return name, out
+
+
+def parse_percentiles(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError as exc:
+        raise TrdeployError(f"--percentiles {text!r} is not a list of numbers.", hint="Use --percentiles 50,95,99.") from exc
+    if not values or any(not 0 < p < 100 for p in values):
+        raise TrdeployError(f"--percentiles {text!r} must list numbers between 0 and 100.", hint="Use --percentiles 50,95,99.")
+    return tuple(sorted(set(values) | {95.0}))  # p95 is what the SLA is checked on
+
+
+def plan_bench(
+    *,
+    url: str = DEFAULT_URL,
+    api: str = "chat",
+    model: str | None = None,
+    api_key: str | None = None,
+    profile: Path | None = None,
+    concurrency: int | None = None,
+    request_rate: float | None = None,
+    burstiness: float = 1.0,
+    sweep: str | None = None,
+    num_prompts: int | None = None,
+    duration_s: float | None = None,
+    prompts: str = "embedded",
+    dataset: str | None = None,
+    dataset_split: str = "train",
+    dataset_field: str | None = None,
+    synthetic: int | None = None,
+    synthetic_vocab_size: int = DEFAULT_SYNTHETIC_VOCAB,
+    output_tokens: int | None = None,
+    ignore_eos: bool = False,
+    min_tokens: int | None = None,
+    temperature: float | None = None,
+    extra_body: str | None = None,
+    timeout_s: float = 600.0,
+    sla_ttft_p95_ms: float | None = None,
+    sla_e2e_p95_ms: float | None = None,
+    sla_tpot_ms: float | None = None,
+    max_error_rate: float = 0.01,
+    percentiles: str = "50,95,99",
+    warmup: int = 0,
+    server_metrics: bool = True,
+    gauge_interval_s: float = 0.0,
+    seed: int = 0,
+    http_client: str = "auto",
+) -> BenchPlan:
+    """Validate the options and resolve them (with the DeploymentProfile's SLA, served model name and
+    workload as defaults) into a plan. Raises TrdeployError for anything a user can fix."""
+    if api not in ("chat", "completions"):
+        raise TrdeployError(f"--api {api!r} is not chat or completions.", hint="Use --api chat or --api completions.")
+    base_url, v1 = normalize_url(url)
+    profile_defaults: list[str] = []
+    sla_source = "none"
+    p_sla = None
+    model_source = "flag" if model else "server"
+    if profile is not None:
+        from trdeploy.deployment import DeploymentProfile  # pydantic + yaml, both on the bench path
+
+        prof = DeploymentProfile.load(profile)
+        p_sla = prof.sla
+        if model is None:
+            model = prof.engine_args.served_model_name or prof.engine_args.model
+            model_source = "profile"
+        if output_tokens is None:
+            output_tokens = prof.workload.output_tokens
+            profile_defaults.append(f"max_tokens={output_tokens} (workload.output_tokens)")
+        if concurrency is None and request_rate is None and sweep is None and prof.workload.concurrency:
+            concurrency = prof.workload.concurrency
+            profile_defaults.append(f"concurrency={concurrency} (workload.concurrency)")
+    sla = SlaTargets(
+        ttft_p95_ms=sla_ttft_p95_ms if sla_ttft_p95_ms is not None else (p_sla.ttft_p95_ms if p_sla else None),
+        e2e_p95_ms=sla_e2e_p95_ms if sla_e2e_p95_ms is not None else (p_sla.e2e_p95_ms if p_sla else None),
+        tpot_ms=sla_tpot_ms if sla_tpot_ms is not None else (p_sla.tpot_ms if p_sla else None),
+        max_error_rate=max_error_rate,
+    )
+    flags_sla = any(v is not None for v in (sla_ttft_p95_ms, sla_e2e_p95_ms, sla_tpot_ms))
+    profile_sla = p_sla is not None and any(v is not None for v in (p_sla.ttft_p95_ms, p_sla.e2e_p95_ms, p_sla.tpot_ms))
+    sla_source = "profile+flags" if flags_sla and profile_sla else "flags" if flags_sla else "profile" if profile_sla else "none"
+    for name, value in (("--sla-ttft-p95-ms", sla_ttft_p95_ms), ("--sla-e2e-p95-ms", sla_e2e_p95_ms), ("--sla-tpot-ms", sla_tpot_ms)):
+        if value is not None and not value > 0:
+            raise TrdeployError(f"{name} must be above 0 (got {value}).", hint="Give the target in milliseconds.")
+    if not 0 <= max_error_rate <= 1:
+        raise TrdeployError(f"--max-error-rate must be between 0 and 1 (got {max_error_rate}).", hint="0.01 allows 1% failed requests.")
+
+    # Load levels.
+    if concurrency is not None and concurrency < 1:
+        raise TrdeployError(f"--concurrency must be at least 1 (got {concurrency}).", hint="Use --concurrency 1 for one request at a time.")
+    if request_rate is not None and not request_rate > 0:
+        raise TrdeployError(f"--request-rate must be above 0 (got {request_rate}).", hint="Requests per second, e.g. --request-rate 2.")
+    if not burstiness > 0:
+        raise TrdeployError(f"--burstiness must be above 0 (got {burstiness}).", hint="1 is Poisson; below 1 burstier, above 1 more regular.")
+    if num_prompts is not None and num_prompts < 1:
+        raise TrdeployError(f"--num-prompts must be at least 1 (got {num_prompts}).", hint="Or give --duration SECONDS instead.")
+    if duration_s is not None and not duration_s > 0:
+        raise TrdeployError(f"--duration must be above 0 seconds (got {duration_s}).", hint="E.g. --duration 60.")
+    if num_prompts is None and duration_s is None:
+        num_prompts = DEFAULT_NUM_PROMPTS
+    rate = request_rate if request_rate is not None else math.inf
+    base = LoadSpec(concurrency=concurrency, request_rate=rate, burstiness=burstiness,
+                    num_requests=num_prompts, duration_s=duration_s, seed=seed)  # fmt: skip
+    sweep_parameter = None
+    if sweep:
+        sweep_parameter, values = parse_sweep(sweep)
+        if sweep_parameter == "concurrency":
+            loads = tuple(replace(base, concurrency=int(v)) for v in values)
+        else:
+            loads = tuple(replace(base, request_rate=v) for v in values)
+    else:
+        if base.concurrency is None and base.closed_loop:
+            base = replace(base, concurrency=1)
+        loads = (base,)
+    for spec in loads:
+        if spec.closed_loop and spec.concurrency is None and spec.num_requests is None:
+            raise TrdeployError("--duration with neither --concurrency nor --request-rate would send without limit.",
+                                hint="Add --concurrency N or --request-rate R.")  # fmt: skip
+
+    # Prompts.
+    sources = [s for s in (synthetic is not None, dataset is not None, prompts != "embedded") if s]
+    if len(sources) > 1:
+        raise TrdeployError("Give one prompt source: --prompts, --dataset or --synthetic.", hint="They are alternatives.")
+    if synthetic is not None:
+        if api != "completions":
+            raise TrdeployError("--synthetic sends token-id prompts, which only /v1/completions accepts.", hint="Add --api completions.")
+        if synthetic < 1:
+            raise TrdeployError(f"--synthetic must be at least 1 token (got {synthetic}).", hint="E.g. --synthetic 512.")
+        if synthetic_vocab_size < 2:
+            raise TrdeployError("--synthetic-vocab-size must be at least 2.", hint="Llama-3's regular tokens are 0..127999.")
+        prompt_spec: dict[str, Any] = {"kind": "synthetic", "input_len": synthetic, "vocab_size": synthetic_vocab_size}
+    elif dataset is not None:
+        prompt_spec = {"kind": "dataset", "dataset": dataset, "split": dataset_split, "field": dataset_field}
+    elif prompts in ("embedded", "corpus", "conversations"):
+        prompt_spec = {"kind": prompts}
+    else:
+        prompt_spec = {"kind": "file", "path": prompts}
+
+    # Sampling.
+    for name, value in (("--output-tokens", output_tokens), ("--min-tokens", min_tokens)):
+        if value is not None and value < 1:
+            raise TrdeployError(f"{name} must be at least 1 (got {value}).", hint="A number of tokens.")
+    if ignore_eos and output_tokens is None:
+        raise TrdeployError("--ignore-eos needs --output-tokens N (the length every request then generates).", hint="E.g. --output-tokens 300 --ignore-eos.")
+    extra: dict[str, Any] = {}
+    if extra_body:
+        try:
+            extra = json.loads(extra_body)
+        except json.JSONDecodeError as exc:
+            raise TrdeployError(f"--extra-body is not JSON ({exc.msg}).", hint='E.g. --extra-body \'{"top_k": 20}\'.') from exc
+        if not isinstance(extra, dict):
+            raise TrdeployError("--extra-body must be a JSON object.", hint='E.g. --extra-body \'{"top_k": 20}\'.')
+    if not timeout_s > 0:
+        raise TrdeployError(f"--timeout must be above 0 seconds (got {timeout_s}).", hint="Seconds per request, e.g. --timeout 600.")
+    if http_client not in ("auto", "raw", "httpx"):
+        raise TrdeployError(f"--http-client {http_client!r} is not auto, raw or httpx.", hint="auto picks raw for plain http://.")
+    if http_client == "raw" and not base_url.startswith("http://"):
+        raise TrdeployError("--http-client raw speaks plain http:// only.", hint="Use --http-client httpx (or auto) for https://.")
+    if warmup < 0:
+        raise TrdeployError(f"--warmup must be 0 or more (got {warmup}).", hint="Requests sent before measuring.")
+    if not (gauge_interval_s == 0 or gauge_interval_s >= 0.1):  # also refuses NaN
+        raise TrdeployError(f"--gauge-interval must be 0 (off) or at least 0.1 s (got {gauge_interval_s}).", hint="E.g. --gauge-interval 5.")
+    if temperature is not None and not math.isfinite(temperature):
+        raise TrdeployError(f"--temperature must be a finite number (got {temperature}).", hint="E.g. --temperature 0.7.")
+    try:  # what would go on the wire: JSON has no NaN or Infinity, and servers reject or misread them
+        json.dumps(extra, allow_nan=False)
+    except ValueError:
+        raise TrdeployError("--extra-body contains NaN or Infinity, which JSON (and the server) cannot take.", hint="Use finite numbers.") from None
+    if api_key:
+        check_header_value(api_key, "--api-key (or OPENAI_API_KEY)")
+    sampling = Sampling(max_tokens=output_tokens, ignore_eos=ignore_eos, min_tokens=min_tokens, temperature=temperature, extra_body=extra)
+    endpoint = Endpoint(base_url=base_url, api=api, model=model or "", api_key=api_key or None, timeout_s=timeout_s, v1_prefix=v1)  # type: ignore[arg-type]
+    return BenchPlan(
+        endpoint=endpoint,
+        sampling=sampling,
+        loads=loads,
+        sweep_parameter=sweep_parameter,
+        prompt_spec=prompt_spec,
+        sla=sla,
+        sla_source=sla_source,
+        percentiles=parse_percentiles(percentiles),
+        warmup=warmup,
+        server_metrics=server_metrics,
+        gauge_interval_s=gauge_interval_s,
+        model_source=model_source,
+        profile_defaults=tuple(profile_defaults),
+        seed=seed,
+        http_client=http_client,
+    )
+
+
+def build_prompts(plan: BenchPlan) -> PromptSource:
+    spec, api, seed = plan.prompt_spec, plan.endpoint.api, plan.seed
+    kind = spec["kind"]
+    if kind == "synthetic":
+        return SyntheticPrompts(spec["input_len"], spec["vocab_size"], seed=seed)
+    if kind == "dataset":
+        limit = max([1000, *((s.num_requests or 0) for s in plan.loads)])
+        return dataset_prompts(spec["dataset"], spec["split"], spec["field"], api, seed=seed, limit=limit)
+    if kind == "file":
+        return file_prompts(Path(spec["path"]), api, seed=seed)
+    return embedded_prompts(kind, api, seed=seed)
+
+
+def detect_model(base_url: str, v1: str, api_key: str | None) -> str:
+    """The first model the server lists on /v1/models (what `vllm bench serve` does without --model)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    where = base_url + v1 + "/models"
+    try:
+        resp = httpx.get(where, headers=headers, timeout=15.0)
+    except httpx.HTTPError as exc:
+        raise TrdeployError(f"Cannot reach {where} to find the model ({type(exc).__name__}).",
+                            hint="Is the server running at --url? Or pass --model NAME.") from exc  # fmt: skip
+    if resp.status_code != 200:
+        raise TrdeployError(f"{where} answered HTTP {resp.status_code}.", hint="Check --url and --api-key, or pass --model NAME.")
+    try:
+        data = resp.json()["data"]
+        return str(data[0]["id"])
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise TrdeployError(f"{where} lists no model.", hint="Pass --model NAME.") from exc
