@@ -25,11 +25,10 @@ from trdeploy.quant.calibration import (
     render_calibration,
     render_evaluation,
 )
-from trdeploy.quant.quantization import (
+from trdeploy.quant.checks import (
     GIB,
     REPORT_NAME,
     ModelFacts,
-    QuantizeRequest,
     delta_pct,
     estimate_memory,
     group_size_offenders,
@@ -38,6 +37,7 @@ from trdeploy.quant.quantization import (
     render_model_card,
     unsupported_architecture,
 )
+from trdeploy.quant.quantization import QuantizeRequest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -315,7 +315,7 @@ def test_text_parquet_dataset_and_awq_gemm_format(tmp_path, tokenizer_dir):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from trdeploy.quant.quantization import load_awq_gemm_reference
+    from trdeploy.quant.awq_export import load_awq_gemm_reference
 
     model = make_llama(tmp_path / "plain", tokenizer_dir, chat_template=False, seed=1)
     texts = [t for t in evaluation_texts()[::-1] if len(t) > 60][:12]
@@ -551,7 +551,7 @@ def test_awq_packing_matches_auto_round_and_round_trips():
     (from AutoAWQ) gives back (q - zero) * scale."""
     from auto_round.export.export_to_awq.utils import WQLinear_GEMM, dequantize_gemm
 
-    from trdeploy.quant.quantization import pack_awq
+    from trdeploy.quant.awq_export import pack_awq
 
     g = torch.Generator().manual_seed(0)
     out_f, in_f, group = 64, 256, 128
@@ -692,7 +692,7 @@ def test_verification_catches_a_checkpoint_that_is_not_the_quantized_model(tmp_p
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
 
-    from trdeploy.quant import quantization as q
+    from trdeploy.quant import model_io as q
 
     src = make_llama(tmp_path / "llama", tokenizer_dir, hidden=256, intermediate=512, layers=2)
     model = q.load_model(src, device=torch.device("cpu"))

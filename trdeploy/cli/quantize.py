@@ -15,17 +15,17 @@ from rich.table import Table
 from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt
 from trdeploy.errors import TrdeployError
 from trdeploy.output import emit, err_console, progress, warn
-from trdeploy.quant.quantization import (
+from trdeploy.quant.checks import (
     DEFAULT_EVAL_SEQ_LEN,
     DEFAULT_EVAL_TOKENS,
     DEFAULT_MAX_PPL_INCREASE_PCT,
     DEFAULT_MAX_SEQ_LEN,
     DEFAULT_NUM_SAMPLES,
     REPORT_NAME,
-    QuantizeRequest,
-    Reporter,
     human_bytes,
 )
+from trdeploy.quant.model_io import Reporter
+from trdeploy.quant.quantization import QuantizeRequest
 
 
 class Compare(StrEnum):
