@@ -43,7 +43,6 @@ def profile(
         str | None,
         typer.Option(
             "--corpus",
-            "-c",
             help="Turkish text: .txt (a document a line), .jsonl, .csv/.tsv, .parquet, or a hub dataset id.",
         ),
     ] = None,
