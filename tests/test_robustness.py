@@ -332,3 +332,21 @@ def test_single_column_csv_without_a_header_row_warns(tmp_path: Path) -> None:
     assert result.code == 0, result.stderr
     # Before: the first document silently became the column name (one document uncounted).
     assert "was read as the column name" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by tests/test_property.py
+
+
+@pytest.mark.parametrize("args", [("bench", "--url", "http://127.0.0.1:9", "-m", "x", "-n", "1"), ("profile", "--limit", "5")])
+def test_negative_seed_is_one_line(args: tuple[str, ...]) -> None:
+    # Before: numpy's "ValueError: expected non-negative integer" traceback.
+    assert_one_line_error(invoke(*args, "--seed", "-1"), contains="--seed must be 0 or more")
+
+
+def test_warnings_are_one_line_each(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.csv"
+    corpus.write_text("Merhaba dünya nasılsınız bugün hava çok güzel ve deniz sakin mi\nİkinci satır\n")
+    result = invoke("profile", "--corpus", str(corpus), "--json")
+    # Before: rich wrapped a warning over three lines at 80 columns.
+    assert result.code == 0 and len(result.error_lines) == 1 and result.error_lines[0].startswith("warning:"), result.stderr

@@ -100,7 +100,7 @@ def emit(data: Any, *, as_json: bool, render: Callable[[Console], None]) -> None
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}")
+    err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)  # one line a warning, for logs and greps
 
 
 def progress(*, transient: bool = True, disable: bool = False) -> Progress:

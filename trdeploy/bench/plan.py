@@ -262,6 +262,8 @@ def plan_bench(
         raise TrdeployError("--http-client raw speaks plain http:// only.", hint="Use --http-client httpx (or auto) for https://.")
     if warmup < 0:
         raise TrdeployError(f"--warmup must be 0 or more (got {warmup}).", hint="Requests sent before measuring.")
+    if seed < 0:  # numpy's generators take no negative seed
+        raise TrdeployError(f"--seed must be 0 or more (got {seed}).", hint="E.g. --seed 0.")
     if not (gauge_interval_s == 0 or gauge_interval_s >= 0.1):  # also refuses NaN
         raise TrdeployError(f"--gauge-interval must be 0 (off) or at least 0.1 s (got {gauge_interval_s}).", hint="E.g. --gauge-interval 5.")
     if temperature is not None and not math.isfinite(temperature):

@@ -88,6 +88,8 @@ def profile(
         raise TrdeployError(f"--min-count must be at least 1 (got {min_count}).", hint="Use e.g. 5.")
     if top_words < 0:
         raise TrdeployError(f"--top-words cannot be negative (got {top_words}).", hint="Use 0 to list none.")
+    if seed < 0:  # numpy's generators take no negative seed
+        raise TrdeployError(f"--seed must be 0 or more (got {seed}).", hint="E.g. --seed 0.")
     if resamples < 100:
         raise TrdeployError(f"--resamples must be at least 100 (got {resamples}).", hint="The default is 2000.")
     if (tr_column is not None or en_column is not None) and parallel_tsv is None:
