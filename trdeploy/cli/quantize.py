@@ -6,25 +6,21 @@ import os
 import signal
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt
+from trdeploy.args import default, describe
+from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt, choices, opt
 from trdeploy.errors import TrdeployError
 from trdeploy.output import emit, err_console, progress, warn
 from trdeploy.quant.checks import (
-    DEFAULT_EVAL_SEQ_LEN,
-    DEFAULT_EVAL_TOKENS,
-    DEFAULT_MAX_PPL_INCREASE_PCT,
-    DEFAULT_MAX_SEQ_LEN,
-    DEFAULT_NUM_SAMPLES,
     REPORT_NAME,
     human_bytes,
 )
-from trdeploy.quant.model_io import Reporter
+from trdeploy.quant.model_io import Format, Reporter
 from trdeploy.quant.quantization import QuantizeRequest
 
 
@@ -32,9 +28,7 @@ class Compare(StrEnum):
     rtn = "rtn"
 
 
-class OutputFormat(StrEnum):
-    compressed_tensors = "compressed-tensors"
-    awq = "awq"
+OutputFormat = choices("OutputFormat", get_args(Format))
 
 
 class _RichReporter(Reporter):
@@ -73,28 +67,25 @@ class _RichReporter(Reporter):
         self._progress.stop()
 
 
+R = QuantizeRequest
+
+
 def quantize(
-    model: Annotated[str, typer.Argument(help="Hub id (e.g. meta-llama/Meta-Llama-3-8B-Instruct) or local checkpoint folder (16-bit).", show_default=False)],
+    model: Annotated[str, typer.Argument(help=describe(R, "model"), show_default=False)],
     output: OutputOpt = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option("--dataset", help="Calibration data: a .jsonl/.json/.parquet file or folder, or a hub dataset id. Rows: `messages` (chat) or a text column. Default: the embedded Turkish chats."),
-    ] = None,
-    dataset_split: Annotated[str, typer.Option("--dataset-split", help="Split of a hub dataset.")] = "train",
-    dataset_config: Annotated[str | None, typer.Option("--dataset-config", help="Config (subset) name of a hub dataset.")] = None,
-    text_column: Annotated[str | None, typer.Option("--text-column", help="Column to calibrate on (default: `messages`, else `text`).")] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Calibration samples.")] = DEFAULT_NUM_SAMPLES,
-    max_seq_len: Annotated[int, typer.Option("--max-seq-len", min=16, help="Tokens per calibration sample (longer ones are cut).")] = DEFAULT_MAX_SEQ_LEN,
-    compare: Annotated[Compare | None, typer.Option("--compare", help="Also quantize with plain round-to-nearest (same scheme) and report its perplexity.")] = None,
-    output_format: Annotated[
-        OutputFormat,
-        typer.Option("--format", help="compressed-tensors (vLLM detects it, no flags) or awq (classic AutoAWQ GEMM layout for engines that read only that)."),
-    ] = OutputFormat.compressed_tensors,
-    eval_tokens: Annotated[int, typer.Option("--eval-tokens", min=64, help="At most this many held-out Turkish tokens for perplexity.")] = DEFAULT_EVAL_TOKENS,
-    eval_seq_len: Annotated[int, typer.Option("--eval-seq-len", min=64, help="Perplexity window length.")] = DEFAULT_EVAL_SEQ_LEN,
-    max_ppl_increase: Annotated[float, typer.Option("--max-ppl-increase", min=0.0, help="Warn when quantized perplexity rises more than this many percent.")] = DEFAULT_MAX_PPL_INCREASE_PCT,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the calibration sample order.")] = 0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llm-compressor's and transformers' own logs and bars.")] = False,
+    dataset: Annotated[str | None, opt(R, "dataset")] = default(R, "dataset"),
+    dataset_split: Annotated[str, opt(R, "dataset_split")] = default(R, "dataset_split"),
+    dataset_config: Annotated[str | None, opt(R, "dataset_config")] = default(R, "dataset_config"),
+    text_column: Annotated[str | None, opt(R, "text_column")] = default(R, "text_column"),
+    num_samples: Annotated[int, opt(R, "num_samples")] = default(R, "num_samples"),
+    max_seq_len: Annotated[int, opt(R, "max_seq_len")] = default(R, "max_seq_len"),
+    compare: Annotated[Compare | None, opt(R, "compare_rtn")] = None,
+    output_format: Annotated[OutputFormat, opt(R, "output_format")] = default(R, "output_format"),
+    eval_tokens: Annotated[int, opt(R, "eval_tokens")] = default(R, "eval_tokens"),
+    eval_seq_len: Annotated[int, opt(R, "eval_seq_len")] = default(R, "eval_seq_len"),
+    max_ppl_increase: Annotated[float, opt(R, "max_ppl_increase_pct")] = default(R, "max_ppl_increase_pct"),
+    seed: Annotated[int, opt(R, "seed")] = default(R, "seed"),
+    verbose: Annotated[bool, opt(R, "verbose", "--verbose", "-v")] = default(R, "verbose"),
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -132,7 +123,7 @@ def quantize(
         num_samples=num_samples,
         max_seq_len=max_seq_len,
         compare_rtn=compare == Compare.rtn,
-        output_format=output_format.value,
+        output_format=getattr(output_format, "value", output_format),
         eval_tokens=eval_tokens,
         eval_seq_len=eval_seq_len,
         max_ppl_increase_pct=max_ppl_increase,

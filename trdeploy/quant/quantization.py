@@ -27,10 +27,10 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from trdeploy.args import Args, arg
 from trdeploy.errors import TrdeployError
 from trdeploy.output import atomic_directory, ensure_writable, to_json, warn
 from trdeploy.quant.awq_export import NUM_BITS, package_versions, save_awq_gemm
@@ -97,35 +97,43 @@ _PENDING_CONFIG = "config.json.incomplete"
 # Tokens of the diagnostic probe: logits of the quantized model in memory (compressed-tensors'
 # quantize-on-the-fly forward) against the reloaded checkpoint's, reported, not a pass criterion.
 PROBE_TOKENS = 64
-@dataclass
-class QuantizeRequest:
-    """Everything `trdeploy quantize` takes; the CLI fills it from its options."""
+class QuantizeRequest(Args):
+    """Everything `trdeploy quantize` takes: the one source of its defaults, ranges and allowed values
+    (the CLI's options read them)."""
 
-    model: str
-    output: Path
-    dataset: str | None = None
-    dataset_split: str = "train"
-    dataset_config: str | None = None
-    text_column: str | None = None
-    num_samples: int = DEFAULT_NUM_SAMPLES
-    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
-    compare_rtn: bool = False
-    output_format: Format = "compressed-tensors"
-    eval_tokens: int = DEFAULT_EVAL_TOKENS
-    eval_seq_len: int = DEFAULT_EVAL_SEQ_LEN
-    max_ppl_increase_pct: float = DEFAULT_MAX_PPL_INCREASE_PCT
-    seed: int = 0
-    force: bool = False
-    verbose: bool = False
+    command: ClassVar[str] = "quantize"
+
+    model: str = arg(..., help="Hub id (e.g. meta-llama/Meta-Llama-3-8B-Instruct) or local checkpoint folder (16-bit).")
+    output: Path = arg(..., help="The folder to write.")
+    dataset: str | None = arg(
+        None,
+        help="Calibration data: a .jsonl/.json/.parquet file or folder, or a hub dataset id. Rows: `messages` (chat) or a text column. "
+        "Default: the embedded Turkish chats.",
+    )
+    dataset_split: str = arg("train", help="Split of a hub dataset.")
+    dataset_config: str | None = arg(None, help="Config (subset) name of a hub dataset.")
+    text_column: str | None = arg(None, help="Column to calibrate on (default: `messages`, else `text`).")
+    num_samples: int = arg(DEFAULT_NUM_SAMPLES, ge=1, help="Calibration samples.")
+    max_seq_len: int = arg(DEFAULT_MAX_SEQ_LEN, ge=16, help="Tokens per calibration sample (longer ones are cut).")
+    compare_rtn: bool = arg(False, flag="--compare", help="Also quantize with plain round-to-nearest (same scheme) and report its perplexity.")
+    output_format: Format = arg(
+        "compressed-tensors",
+        flag="--format",
+        help="compressed-tensors (vLLM detects it, no flags) or awq (classic AutoAWQ GEMM layout for engines that read only that).",
+    )
+    eval_tokens: int = arg(DEFAULT_EVAL_TOKENS, ge=64, help="At most this many held-out Turkish tokens for perplexity.")
+    eval_seq_len: int = arg(DEFAULT_EVAL_SEQ_LEN, ge=64, help="Perplexity window length.")
+    max_ppl_increase_pct: float = arg(
+        DEFAULT_MAX_PPL_INCREASE_PCT, ge=0.0, flag="--max-ppl-increase", help="Warn when quantized perplexity rises more than this many percent."
+    )
+    seed: int = arg(0, help="Seed for the calibration sample order.")
+    force: bool = arg(False, help="Overwrite existing output.")
+    verbose: bool = arg(False, help="Show llm-compressor's and transformers' own logs and bars.")
 
 
 def quantize(request: QuantizeRequest, reporter: Reporter | None = None) -> dict[str, Any]:
     """Quantize `request.model` into `request.output`; return the report (also written there)."""
     reporter = reporter or Reporter()
-    if request.output_format not in ("compressed-tensors", "awq"):
-        raise TrdeployError(f"Unknown --format {request.output_format!r}.", hint="Use compressed-tensors (default) or awq.")
-    if request.eval_seq_len < 64:
-        raise TrdeployError(f"--eval-seq-len must be at least 64 (got {request.eval_seq_len}).", hint="512 is a good default.")
     output = Path(request.output).expanduser()
     ensure_writable(output, force=request.force, folder=True)
     stale = sorted(output.parent.glob(f".{output.name}.partial-*"))
