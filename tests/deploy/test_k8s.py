@@ -202,6 +202,21 @@ def test_autoscaling_targets_the_sla_concurrency():
     assert _container(_kind(custom, "Deployment"))["image"] == "reg/x:1"
 
 
+def test_capacity_plan_decides_replicas_and_target():
+    import trdeploy.deployment as deployment
+
+    plan_cls = getattr(deployment, "CapacityPlan", None)
+    if plan_cls is None:
+        pytest.skip("this DeploymentProfile has no prediction.capacity yet")
+    prof = _load(ROOT / "recipes" / "llama-3-8b-awq-l40s.yaml")
+    prof.prediction.capacity = plan_cls(per_replica_concurrency=21, requests_per_s_per_replica=3.0, replicas_min=2, replicas_max=4, basis="test plan")
+    rendered = render(prof)
+    so = _kind(rendered, "ScaledObject")["spec"]
+    assert (so["minReplicaCount"], so["maxReplicaCount"], so["triggers"][0]["metadata"]["threshold"]) == (2, 4, "21")
+    assert "test plan" in rendered.facts["target_basis"]
+    assert _kind(rendered, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+
+
 def test_alerts_and_dashboard_use_the_metric_table():
     prof = _load()
     rendered = render(prof)

@@ -154,9 +154,12 @@ def _target(profile: DeploymentProfile, opts: RenderOptions) -> tuple[int, str]:
     if opts.target_concurrency:
         return opts.target_concurrency, "--target-concurrency"
     pred = profile.prediction
-    uncapped = getattr(pred, "sla_capacity_per_replica", None) or pred.details.get("sla_capacity_per_replica")
-    if isinstance(uncapped, int | float) and uncapped >= 1:
-        return int(uncapped), "profile prediction: highest per-replica concurrency meeting the SLA"
+    plan = getattr(pred, "capacity", None)  # tune's capacity plan (profiles written before it have none)
+    if plan is not None:
+        return int(plan.per_replica_concurrency), f"profile prediction.capacity.per_replica_concurrency ({plan.basis or 'tune'})"
+    uncapped = getattr(pred, "sla_capacity_per_replica", None)
+    if isinstance(uncapped, int) and uncapped >= 1:
+        return uncapped, "profile prediction.sla_capacity_per_replica (highest per-replica concurrency meeting the SLA)"
     if pred.sla_max_concurrency:
         return int(pred.sla_max_concurrency), "profile prediction.sla_max_concurrency (highest per-replica concurrency meeting the SLA, capped at the planned load)"
     fallback = max(1, profile.engine_args.max_num_seqs // 2)
@@ -199,8 +202,12 @@ def _plan(profile: DeploymentProfile, opts: RenderOptions) -> _Plan:
     name = _name(profile, opts)
 
     target, target_basis = _target(profile, opts)
-    planned = max(1, profile.prediction.replicas)
-    floor = max(1, math.ceil(planned / profile.workload.peak_factor))
+    plan = getattr(profile.prediction, "capacity", None)
+    if plan is not None:
+        planned, floor = plan.replicas_max, plan.replicas_min
+    else:  # older profiles: the peak plan, and the average hour for the floor
+        planned = max(1, profile.prediction.replicas)
+        floor = max(1, math.ceil(planned / profile.workload.peak_factor))
     replicas_min = opts.replicas_min or floor
     replicas_max = opts.replicas_max or max(planned, replicas_min)
     if replicas_max < replicas_min:
