@@ -14,10 +14,6 @@ from trdeploy.args import default_note, describe, flag
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (stable keys) instead of tables.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing output.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Where to write the result.")]
-ProfileArg = Annotated[
-    Path,
-    typer.Option("--profile", "-p", help="DeploymentProfile written by `trdeploy tune` (trdeploy.yaml).", show_default=True),
-]
 
 
 def opt(model: type[BaseModel], name: str, *flags: str, **kwargs: Any) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 

@@ -210,18 +210,9 @@ _ALIASES = {
 }
 
 
-def gpu_tiers() -> list[str]:
-    return list(GPUS)
-
-
 def get_gpu(tier: str) -> GpuSpec:
     key = tier.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in GPUS:
         raise TrdeployError(f"Unknown GPU tier '{tier}'.", hint=f"Use one of: {', '.join(GPUS)}.")
     return GPUS[key]
-
-
-def larger_tiers(gpu: GpuSpec) -> list[GpuSpec]:
-    """Tiers with more CUDA-visible memory than `gpu`, smallest first (for 'what would make it fit')."""
-    return sorted((g for g in _CATALOG if g.cuda_total_bytes > gpu.cuda_total_bytes), key=lambda g: g.cuda_total_bytes)
