@@ -24,11 +24,6 @@ from trdeploy.hub import hub_error, is_hub_id, looks_like_path, split_revision
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 VOCAB_PADDING = 64  # vLLM pads vocab-parallel embeddings and lm_head to a multiple of 64 rows
 
-DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-    "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1,
-}
-
 
 @dataclass(frozen=True)
 class QuantConfig:
@@ -148,10 +143,6 @@ PRESETS: dict[str, Architecture] = {
         _arch("llama-3.3-70b", "meta-llama/Llama-3.3-70B-Instruct", 80, 8192, 28672, 64, 8, 128256, 131072),
     )
 }
-
-
-def preset_names() -> list[str]:
-    return list(PRESETS)
 
 
 def _preset_key(spec: str) -> str | None:
@@ -427,7 +418,3 @@ def resolve_model(spec: str) -> ResolvedModel:
     if is_hub_id(spec):
         return resolve_hub(spec)
     raise TrdeployError(f"Unknown model '{spec}'.", hint=f"Use a preset ({', '.join(PRESETS)}), a local folder or a hub id (org/name).")
-
-
-def with_quant(model: ResolvedModel, quant: QuantConfig | None) -> ResolvedModel:
-    return replace(model, quant=quant)
