@@ -350,3 +350,27 @@ def test_warnings_are_one_line_each(tmp_path: Path) -> None:
     result = invoke("profile", "--corpus", str(corpus), "--json")
     # Before: rich wrapped a warning over three lines at 80 columns.
     assert result.code == 0 and len(result.error_lines) == 1 and result.error_lines[0].startswith("warning:"), result.stderr
+
+
+def test_quantize_refuses_a_truncated_safetensors_file_before_loading(tmp_path: Path) -> None:
+    import struct
+
+    folder = _llama_config(tmp_path / "m", model_type="llama", hidden_size=128, intermediate_size=256, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=1024, max_position_embeddings=128, num_hidden_layers=1)  # fmt: skip
+    raw = json.dumps({"model.norm.weight": {"dtype": "F32", "shape": [128], "data_offsets": [0, 512]}}).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 100)  # 412 bytes short
+    # Before: safetensors' SafetensorError traceback ("incomplete metadata, file not fully covered") at the load.
+    result = invoke("quantize", str(folder), "-o", str(tmp_path / "out"))
+    assert result.code == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.error_lines[-1].startswith("Error:") and "is truncated" in result.error_lines[-1], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_safetensors_size_check_accepts_a_whole_file(tmp_path: Path) -> None:
+    import struct
+
+    from trdeploy.sizing.architectures import check_safetensors_file
+
+    raw = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    (tmp_path / "ok.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 16)
+    check_safetensors_file(tmp_path / "ok.safetensors")

@@ -108,6 +108,10 @@ def inspect_model(path: Path) -> ModelFacts:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
         raise TrdeployError(f"Cannot read the model config in {path}: {str(exc).splitlines()[0][:200]}", hint="Pass a Hugging Face checkpoint folder with a valid config.json.") from exc
+    from trdeploy.sizing.architectures import check_safetensors_file
+
+    for weights in sorted(Path(path).glob("*.safetensors")):  # fail now, in one line, not at the load minutes later
+        check_safetensors_file(weights)
     architecture = (getattr(config, "architectures", None) or ["?"])[0]
     qcfg = getattr(config, "quantization_config", None)
     qmethod = (qcfg.get("quant_method") if isinstance(qcfg, dict) else getattr(qcfg, "quant_method", None)) if qcfg else None
@@ -336,7 +340,7 @@ def load_model(path: Path, *, device: Any) -> Any:
 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-    except (OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, RuntimeError, safetensors' SafetensorError (a plain Exception)
         raise TrdeployError(f"Cannot load the weights in {path}: {str(exc).splitlines()[0][:200]}", hint="Check that the *.safetensors files are complete.") from exc
     model.eval()
     if device.type != "cpu":

@@ -277,6 +277,23 @@ def safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
+def check_safetensors_file(path: Path) -> None:
+    """Refuse a truncated or corrupt .safetensors file from its header and size alone (no tensor
+    read): the tensors' data must end exactly where the file does, as the safetensors loader demands."""
+    header = safetensors_header(path)
+    _, nbytes, _ = safetensors_totals([path])
+    ends = [int(info["data_offsets"][1]) for name, info in header.items() if name != "__metadata__" and isinstance(info, dict) and info.get("data_offsets")]
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+    expected = 8 + length + max(ends, default=0)
+    size = path.stat().st_size
+    if size != expected:
+        raise TrdeployError(
+            f"{path} is {'truncated' if size < expected else 'longer than its header says'} ({size:,} bytes, its header describes {expected:,}).",
+            hint="Re-download or re-save the checkpoint.",
+        )
+
+
 def safetensors_totals(files: list[Path]) -> tuple[int, int, set[str]]:
     """(parameters, bytes, dtypes) over the tensors of these safetensors files, from headers only."""
     params = nbytes = 0
