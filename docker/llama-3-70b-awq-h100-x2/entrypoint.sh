@@ -1,5 +1,5 @@
 #!/bin/sh
-# Rendered by trdeploy from DeploymentProfile llama-3-70b-awq-h100-x2 (sha256 bf212aa21b47); do not edit.
+# Rendered by trdeploy from DeploymentProfile llama-3-70b-awq-h100-x2 (sha256 9b0e9cd0b7c8); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given to `docker run`
 # are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is

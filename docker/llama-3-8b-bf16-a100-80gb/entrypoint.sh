@@ -1,5 +1,5 @@
 #!/bin/sh
-# Rendered by trdeploy from DeploymentProfile llama-3-8b-bf16-a100-80gb (sha256 a00941f61a7d); do not edit.
+# Rendered by trdeploy from DeploymentProfile llama-3-8b-bf16-a100-80gb (sha256 aa6f2d789569); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given to `docker run`
 # are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is
