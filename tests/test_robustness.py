@@ -374,3 +374,8 @@ def test_safetensors_size_check_accepts_a_whole_file(tmp_path: Path) -> None:
     raw = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
     (tmp_path / "ok.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 16)
     check_safetensors_file(tmp_path / "ok.safetensors")
+
+
+def test_an_error_quoting_a_value_with_line_breaks_stays_one_line(tmp_path: Path) -> None:
+    # Before: the path's newline split the error over two lines.
+    assert_one_line_error(invoke("profile", "--corpus", str(tmp_path / "a\nb.txt")), contains="a\\nb.txt")

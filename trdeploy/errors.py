@@ -21,4 +21,7 @@ class TrdeployError(Exception):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
-        return f"{self.message} {self.hint}" if self.hint else self.message
+        text = f"{self.message} {self.hint}" if self.hint else self.message
+        # A user's value quoted in the message (a path, a field name) may hold line breaks; shown
+        # escaped, the error stays one line for logs and for whoever greps them.
+        return text.replace("\r", "\\r").replace("\n", "\\n")
