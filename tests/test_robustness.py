@@ -379,3 +379,11 @@ def test_safetensors_size_check_accepts_a_whole_file(tmp_path: Path) -> None:
 def test_an_error_quoting_a_value_with_line_breaks_stays_one_line(tmp_path: Path) -> None:
     # Before: the path's newline split the error over two lines.
     assert_one_line_error(invoke("profile", "--corpus", str(tmp_path / "a\nb.txt")), contains="a\\nb.txt")
+
+
+def test_quantize_output_equal_to_the_model_folder_is_refused(tmp_path: Path) -> None:
+    folder = _llama_config(tmp_path / "m")
+    # Before: with --force the quantized checkpoint would have replaced the model it was made from.
+    result = invoke("quantize", str(folder), "-o", str(tmp_path / "m" / ".." / "m"), "--force")
+    assert_one_line_error(result, contains="MODEL input")
+    assert (folder / "config.json").is_file()

@@ -180,7 +180,7 @@ def refuse_input_as_output(output: Path | None, inputs: dict[str, Any]) -> None:
         except OSError:
             same = False
         if same or Path(output).resolve() == candidate.resolve():
-            raise TrdeployError(f"-o {output} is the {option} input; writing the report there would destroy it.", hint="Choose another output path.")
+            raise TrdeployError(f"-o {output} is the {option} input; the output would replace it.", hint="Choose another output path.")
 
 
 def write_atomic(path: str | Path, content: str | bytes, *, force: bool = False) -> Path:

@@ -15,7 +15,7 @@ from rich.table import Table
 from trdeploy.args import default, describe
 from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt, choices, opt
 from trdeploy.errors import TrdeployError
-from trdeploy.output import emit, err_console, progress, warn
+from trdeploy.output import emit, err_console, progress, refuse_input_as_output, warn
 from trdeploy.quant.checks import (
     REPORT_NAME,
     human_bytes,
@@ -111,6 +111,8 @@ def quantize(
     """
     if output is None:
         raise TrdeployError("Missing the output folder.", hint="Pass -o OUT, e.g. `trdeploy quantize MODEL -o MODEL-awq`.")
+    # With --force, -o MODEL would replace the checkpoint it is made from.
+    refuse_input_as_output(output, {"MODEL": model if Path(model).expanduser().exists() else None, "--dataset": dataset})
     from trdeploy.quant.quantization import quantize as run
 
     request = QuantizeRequest(
