@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -45,8 +45,7 @@ from trdeploy.bench.metrics import (
     ResultStore,
     WordCounter,
 )
-
-Api = Literal["chat", "completions"]
+from trdeploy.bench.request import Api
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,8 @@ import httpx
 from trdeploy.bench.loadgen import Endpoint, LoadSpec, PromptSource, Sampling
 from trdeploy.bench.metrics import SlaTargets
 from trdeploy.bench.prompts import SyntheticPrompts, dataset_prompts, embedded_prompts, file_prompts
+from trdeploy.bench.request import DEFAULT_NUM_PROMPTS, DEFAULT_PERCENTILES, DEFAULT_SYNTHETIC_VOCAB, DEFAULT_URL, BenchRequest
 from trdeploy.errors import TrdeployError
-
-DEFAULT_URL = "http://localhost:8000"
-DEFAULT_NUM_PROMPTS = 100
-DEFAULT_PERCENTILES = (50.0, 95.0, 99.0)
-# Llama-3's regular (non-special) token ids are 0..127999; synthetic prompts draw from [0, vocab).
-DEFAULT_SYNTHETIC_VOCAB = 128_000
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,15 @@ def parse_percentiles(text: str) -> tuple[float, ...]:
     return tuple(sorted(set(values) | {95.0}))  # p95 is what the SLA is checked on
 
 
-def plan_bench(
+def plan_bench(request: BenchRequest | None = None, /, **options: Any) -> BenchPlan:
+    """`plan_bench(BenchRequest(...))`, or the same fields as keywords: validate the options and resolve
+    them (with the DeploymentProfile's SLA, served model name and workload as defaults) into a plan.
+    Raises TrdeployError for anything a user can fix, pydantic's ValidationError for a field out of its type."""
+    req = request if request is not None else BenchRequest(**options)
+    return _plan(**dict(req))
+
+
+def _plan(
     *,
     url: str = DEFAULT_URL,
     api: str = "chat",
@@ -153,8 +156,6 @@ def plan_bench(
 ) -> BenchPlan:
     """Validate the options and resolve them (with the DeploymentProfile's SLA, served model name and
     workload as defaults) into a plan. Raises TrdeployError for anything a user can fix."""
-    if api not in ("chat", "completions"):
-        raise TrdeployError(f"--api {api!r} is not chat or completions.", hint="Use --api chat or --api completions.")
     base_url, v1 = normalize_url(url)
     profile_defaults: list[str] = []
     sla_source = "none"
@@ -256,8 +257,6 @@ def plan_bench(
             raise TrdeployError("--extra-body must be a JSON object.", hint='E.g. --extra-body \'{"top_k": 20}\'.')
     if not timeout_s > 0:
         raise TrdeployError(f"--timeout must be above 0 seconds (got {timeout_s}).", hint="Seconds per request, e.g. --timeout 600.")
-    if http_client not in ("auto", "raw", "httpx"):
-        raise TrdeployError(f"--http-client {http_client!r} is not auto, raw or httpx.", hint="auto picks raw for plain http://.")
     if http_client == "raw" and not base_url.startswith("http://"):
         raise TrdeployError("--http-client raw speaks plain http:// only.", hint="Use --http-client httpx (or auto) for https://.")
     if warmup < 0:

@@ -6,14 +6,16 @@ import importlib.util
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt
+from trdeploy.args import default
+from trdeploy.bench.request import Api, BenchRequest, HttpClient
+from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt, choices, opt
 from trdeploy.errors import TrdeployError
 from trdeploy.output import emit, ensure_writable, progress, refuse_input_as_output, to_json, warn, write_atomic
 
@@ -49,43 +51,45 @@ Exit code: 0 pass, 1 SLA failed, 2 bad input, 130 interrupted (Ctrl-C prints the
 """
 
 
+R = BenchRequest
+ApiChoice = choices("ApiChoice", get_args(Api))
+HttpClientChoice = choices("HttpClientChoice", get_args(HttpClient))
+
+
 def bench(
-    url: Annotated[str, typer.Option("--url", help="Server root (with or without /v1).")] = "http://localhost:8000",
-    api: Annotated[str, typer.Option("--api", help="chat (/v1/chat/completions) or completions (/v1/completions).")] = "chat",
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name to request \\[default: the profile's served model name, else the first of /v1/models].")] = None,
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token (or OPENAI_API_KEY).", show_default=False)] = None,
-    profile: Annotated[Path | None, typer.Option("--profile", "-p", help="DeploymentProfile (trdeploy.yaml): SLA, served model name, workload defaults.")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Requests in flight (closed loop); with --request-rate, a cap. "
-        "\\[default: 1, or the profile's workload.concurrency]")] = None,
-    request_rate: Annotated[float | None, typer.Option("--request-rate", "-r", help="Arrivals per second (Poisson; see --burstiness).")] = None,
-    burstiness: Annotated[float, typer.Option("--burstiness", help="Gamma shape of the arrival gaps: 1 Poisson, <1 burstier, >1 more regular (as vLLM).")] = 1.0,
-    sweep: Annotated[str | None, typer.Option("--sweep", help="Run several load levels: concurrency=1,4,16 or request-rate=0.5,1,2.")] = None,
-    num_prompts: Annotated[int | None, typer.Option("--num-prompts", "-n", help="Requests per load level \\[default: 100, or unlimited with --duration].")] = None,
-    duration: Annotated[float | None, typer.Option("--duration", help="Stop sending after this many seconds (requests in flight finish).")] = None,
-    prompts: Annotated[str, typer.Option("--prompts", help="embedded (chat: Turkish conversations; completions: Turkish corpus), corpus, conversations, "
-        "or a file (.txt lines / .jsonl with prompt, messages or text).")] = "embedded",
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Hugging Face dataset id (or local data folder) to take prompts from (needs trdeploy\\[data]).")] = None,
-    dataset_split: Annotated[str, typer.Option("--dataset-split", help="Dataset split.")] = "train",
-    dataset_field: Annotated[str | None, typer.Option("--dataset-field", help="Dataset column with the prompts \\[default: messages/conversations/prompt/text...].")] = None,
-    synthetic: Annotated[int | None, typer.Option("--synthetic", help="INPUT_LEN random token ids per prompt, sent as a token-id prompt (completions only).")] = None,
-    synthetic_vocab_size: Annotated[int, typer.Option("--synthetic-vocab-size", help="Token ids for --synthetic are drawn from [0, this).")] = 128000,
-    output_tokens: Annotated[int | None, typer.Option("--output-tokens", help="max_tokens per request \\[default: natural length, or the profile's workload.output_tokens].")] = None,
-    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Send ignore_eos (vLLM) so every request generates exactly --output-tokens.")] = False,
-    min_tokens: Annotated[int | None, typer.Option("--min-tokens", help="Send min_tokens (vLLM).")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", help="Sampling temperature \\[default: the server's].")] = None,
-    extra_body: Annotated[str | None, typer.Option("--extra-body", help="JSON object merged into every request body.")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds one request may take before it counts as a timeout.")] = 600.0,
-    sla_ttft_p95_ms: Annotated[float | None, typer.Option("--sla-ttft-p95-ms", help="Target for p95 TTFT (overrides the profile's).")] = None,
-    sla_e2e_p95_ms: Annotated[float | None, typer.Option("--sla-e2e-p95-ms", help="Target for p95 end-to-end latency.")] = None,
-    sla_tpot_ms: Annotated[float | None, typer.Option("--sla-tpot-ms", help="Target for the median TPOT.")] = None,
-    max_error_rate: Annotated[float, typer.Option("--max-error-rate", help="Largest share of failed requests that still passes.")] = 0.01,
-    percentiles: Annotated[str, typer.Option("--percentiles", help="Percentiles to report (p95 always).")] = "50,95,99",
-    warmup: Annotated[int, typer.Option("--warmup", help="Requests sent before measuring (not counted).")] = 0,
-    server_metrics: Annotated[bool, typer.Option("--server-metrics/--no-server-metrics", help="Scrape Prometheus /metrics before and after each run (counter deltas, server-side means).")] = True,
-    gauge_interval: Annotated[float, typer.Option("--gauge-interval", help="Also sample the server's running/waiting/KV-use gauges every S seconds during the run, for their peaks "
-        "(0: off; each scrape perturbs the run a little).")] = 0.0,
-    http_client: Annotated[str, typer.Option("--http-client", help="auto (a lean built-in HTTP/1.1 client for plain http://, httpx for https:// or proxies), raw or httpx.")] = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Seed for prompt order, synthetic prompts and arrival times.")] = 0,
+    url: Annotated[str, opt(R, "url")] = default(R, "url"),
+    api: Annotated[ApiChoice, opt(R, "api")] = default(R, "api"),
+    model: Annotated[str | None, opt(R, "model", "--model", "-m")] = default(R, "model"),
+    api_key: Annotated[str | None, opt(R, "api_key", envvar="OPENAI_API_KEY", show_default=False)] = default(R, "api_key"),
+    profile: Annotated[Path | None, opt(R, "profile", "--profile", "-p")] = default(R, "profile"),
+    concurrency: Annotated[int | None, opt(R, "concurrency", "--concurrency", "-c")] = default(R, "concurrency"),
+    request_rate: Annotated[float | None, opt(R, "request_rate", "--request-rate", "-r")] = default(R, "request_rate"),
+    burstiness: Annotated[float, opt(R, "burstiness")] = default(R, "burstiness"),
+    sweep: Annotated[str | None, opt(R, "sweep")] = default(R, "sweep"),
+    num_prompts: Annotated[int | None, opt(R, "num_prompts", "--num-prompts", "-n")] = default(R, "num_prompts"),
+    duration: Annotated[float | None, opt(R, "duration_s")] = default(R, "duration_s"),
+    prompts: Annotated[str, opt(R, "prompts")] = default(R, "prompts"),
+    dataset: Annotated[str | None, opt(R, "dataset")] = default(R, "dataset"),
+    dataset_split: Annotated[str, opt(R, "dataset_split")] = default(R, "dataset_split"),
+    dataset_field: Annotated[str | None, opt(R, "dataset_field")] = default(R, "dataset_field"),
+    synthetic: Annotated[int | None, opt(R, "synthetic")] = default(R, "synthetic"),
+    synthetic_vocab_size: Annotated[int, opt(R, "synthetic_vocab_size")] = default(R, "synthetic_vocab_size"),
+    output_tokens: Annotated[int | None, opt(R, "output_tokens")] = default(R, "output_tokens"),
+    ignore_eos: Annotated[bool, opt(R, "ignore_eos")] = default(R, "ignore_eos"),
+    min_tokens: Annotated[int | None, opt(R, "min_tokens")] = default(R, "min_tokens"),
+    temperature: Annotated[float | None, opt(R, "temperature")] = default(R, "temperature"),
+    extra_body: Annotated[str | None, opt(R, "extra_body")] = default(R, "extra_body"),
+    timeout: Annotated[float, opt(R, "timeout_s")] = default(R, "timeout_s"),
+    sla_ttft_p95_ms: Annotated[float | None, opt(R, "sla_ttft_p95_ms")] = default(R, "sla_ttft_p95_ms"),
+    sla_e2e_p95_ms: Annotated[float | None, opt(R, "sla_e2e_p95_ms")] = default(R, "sla_e2e_p95_ms"),
+    sla_tpot_ms: Annotated[float | None, opt(R, "sla_tpot_ms")] = default(R, "sla_tpot_ms"),
+    max_error_rate: Annotated[float, opt(R, "max_error_rate")] = default(R, "max_error_rate"),
+    percentiles: Annotated[str, opt(R, "percentiles")] = default(R, "percentiles"),
+    warmup: Annotated[int, opt(R, "warmup")] = default(R, "warmup"),
+    server_metrics: Annotated[bool, opt(R, "server_metrics", "--server-metrics/--no-server-metrics")] = default(R, "server_metrics"),
+    gauge_interval: Annotated[float, opt(R, "gauge_interval_s")] = default(R, "gauge_interval_s"),
+    http_client: Annotated[HttpClientChoice, opt(R, "http_client")] = default(R, "http_client"),
+    seed: Annotated[int, opt(R, "seed")] = default(R, "seed"),
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of the TTFT/TPOT/ITL/E2E distributions (needs matplotlib).")] = None,
     output: OutputOpt = None,
     force: ForceOpt = False,
@@ -105,16 +109,17 @@ def bench(
         raise TrdeployError(f"--plot {plot} should end in .png.", hint="E.g. --plot bench.png.")
     if plot is not None and importlib.util.find_spec("matplotlib") is None:  # fail before the run, not after
         raise TrdeployError("--plot needs matplotlib.", hint="pip install 'trdeploy[bench]'.")
-    plan = plan_bench(
-        url=url, api=api, model=model, api_key=api_key, profile=profile, concurrency=concurrency,
+    request = BenchRequest(
+        url=url, api=getattr(api, "value", api), model=model, api_key=api_key, profile=profile, concurrency=concurrency,
         request_rate=request_rate, burstiness=burstiness, sweep=sweep, num_prompts=num_prompts,
         duration_s=duration, prompts=prompts, dataset=dataset, dataset_split=dataset_split,
         dataset_field=dataset_field, synthetic=synthetic, synthetic_vocab_size=synthetic_vocab_size,
         output_tokens=output_tokens, ignore_eos=ignore_eos, min_tokens=min_tokens, temperature=temperature,
         extra_body=extra_body, timeout_s=timeout, sla_ttft_p95_ms=sla_ttft_p95_ms, sla_e2e_p95_ms=sla_e2e_p95_ms,
         sla_tpot_ms=sla_tpot_ms, max_error_rate=max_error_rate, percentiles=percentiles, warmup=warmup,
-        server_metrics=server_metrics, gauge_interval_s=gauge_interval, seed=seed, http_client=http_client,
-    )  # fmt: skip
+        server_metrics=server_metrics, gauge_interval_s=gauge_interval, seed=seed, http_client=getattr(http_client, "value", http_client),
+    )
+    plan = plan_bench(request)
 
     with progress(transient=True) as bar:
         state: dict[str, Any] = {}
