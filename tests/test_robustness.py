@@ -387,3 +387,11 @@ def test_quantize_output_equal_to_the_model_folder_is_refused(tmp_path: Path) ->
     result = invoke("quantize", str(folder), "-o", str(tmp_path / "m" / ".." / "m"), "--force")
     assert_one_line_error(result, contains="MODEL input")
     assert (folder / "config.json").is_file()
+
+
+def test_profile_output_equal_to_its_corpus_is_refused(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    text = corpus.read_text()
+    # Before: the corpus was replaced by the report.
+    assert_one_line_error(invoke("profile", "--corpus", str(corpus), "-o", str(corpus), "--force"), contains="--corpus input")
+    assert corpus.read_text() == text

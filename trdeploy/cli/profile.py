@@ -13,7 +13,7 @@ from rich.table import Table
 
 from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt
 from trdeploy.errors import TrdeployError
-from trdeploy.output import emit, ensure_writable, progress, to_json, warn, write_atomic
+from trdeploy.output import emit, ensure_writable, progress, refuse_input_as_output, to_json, warn, write_atomic
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -98,6 +98,8 @@ def profile(
         raise TrdeployError("--field and --format apply to --corpus.", hint="Pass --corpus FILE.")
     if output is not None:
         ensure_writable(output, force=force)  # fail before minutes of tokenizing, not after
+        inputs = {"--corpus": corpus, "--parallel-tsv": parallel_tsv, **{"--parallel": p for p in (parallel or ())}}
+        refuse_input_as_output(output, {**inputs, **{"--tokenizer": t for t in (tokenizer or ())}})
 
     if parallel is not None:
         source = parallel_corpus(parallel[0], parallel[1], limit=limit)
