@@ -115,13 +115,41 @@ class Startup(_Strict):
     weights_load_s: float = Field(..., ge=0)  # checkpoint bytes over `read_gb_per_s`
     read_gb_per_s: float = Field(..., gt=0)  # the storage bandwidth assumed for the weights
     engine_init_s: float = Field(..., ge=0)  # process start, profile run, KV allocation, CUDA graphs, warm compile cache
-    compile_s: float = Field(..., ge=0)  # extra for torch.compile on a cold cache
+    compile_s: float = Field(..., ge=0)  # cold_s - warm_s: full torch.compile, first-start kernel JIT, cold Python caches
     cold_s: float = Field(..., ge=0)  # first start, empty compile cache
     warm_s: float = Field(..., ge=0)  # restart with the compile cache volume kept
     basis: str = ""  # where the numbers come from (measured point or assumption)
 
 
+class CapacityPlan(_Strict):
+    """How many replicas the traffic needs, each loaded up to the SLA capacity (tune decides; render-k8s
+    reads it for the autoscaler's min/max replicas and its per-replica target).
+
+    `per_replica_concurrency` equals `Prediction.sla_capacity_per_replica` when an SLA holds (else the
+    KV cache's capacity at the typical request); `replicas_max` serves the peak (`Prediction.replicas`),
+    `replicas_min` the average load (peak / peak_factor); `basis` says how both were derived."""
+
+    per_replica_concurrency: int = Field(..., ge=1)  # requests in flight per replica the autoscaler targets
+    requests_per_s_per_replica: float = Field(..., ge=0)  # predicted throughput of one replica at that concurrency
+    replicas_min: int = Field(..., ge=1)
+    replicas_max: int = Field(..., ge=1)
+    peak_concurrency: float | None = None  # requests in flight at peak over all replicas (--concurrency, or Little's law)
+    peak_requests_per_s: float | None = None  # with --requests-per-day
+    basis: str = ""
+
+
 class Prediction(_Strict):
+    """What tune predicts. Fields added after schema 1 shipped are optional so older profiles still load.
+
+    - `sla_max_concurrency`: the highest per-replica concurrency at which the SLA holds *that this
+      configuration admits* (capped by engine_args.max_num_seqs and the KV cache).
+    - `sla_capacity_per_replica`: the same, independent of max_num_seqs (capped only by the KV cache at the
+      typical request): what one replica can carry under the SLA. When tune chooses max_num_seqs itself it
+      is at least this, so the two agree; with --max-num-seqs given they can differ. None: no SLA.
+    - `capacity`: the replicas for the traffic (min/max) at that per-replica load; None in older profiles.
+    - `startup`: predicted start-up seconds (trdeploy.sizing.startup); None in older profiles.
+    """
+
     weights_gib: float
     kv_cache_gib: float
     kv_cache_tokens: int
@@ -135,6 +163,8 @@ class Prediction(_Strict):
     hourly_cost_usd: float | None = None
     sla_met: bool | None = None
     sla_max_concurrency: int | None = None
+    sla_capacity_per_replica: int | None = None
+    capacity: CapacityPlan | None = None
     startup: Startup | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 

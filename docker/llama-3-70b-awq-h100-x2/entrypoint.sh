@@ -1,5 +1,5 @@
 #!/bin/sh
-# Rendered by trdeploy from DeploymentProfile llama-3-70b-awq-h100-x2 (sha256 9b0e9cd0b7c8); do not edit.
+# Rendered by trdeploy from DeploymentProfile llama-3-70b-awq-h100-x2 (sha256 066ce8aeed26); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given to `docker run`
 # are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is
@@ -17,7 +17,7 @@ exec vllm serve /models/Meta-Llama-3-70B-Instruct-awq \
   --tensor-parallel-size 2 \
   --dtype auto \
   --max-model-len 8192 \
-  --max-num-seqs 16 \
+  --max-num-seqs 24 \
   --max-num-batched-tokens 8192 \
   --gpu-memory-utilization 0.9 \
   --kv-cache-dtype auto \

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Rendered by trdeploy from DeploymentProfile llama-3-8b-awq-a100-80gb (sha256 2810d52f7227); do not edit.
+# Rendered by trdeploy from DeploymentProfile llama-3-8b-awq-a100-80gb (sha256 8f3e4b7f3245); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given to `docker run`
 # are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is
@@ -17,7 +17,7 @@ exec vllm serve /models/Meta-Llama-3-8B-Instruct-awq \
   --tensor-parallel-size 1 \
   --dtype auto \
   --max-model-len 8192 \
-  --max-num-seqs 16 \
+  --max-num-seqs 24 \
   --max-num-batched-tokens 2048 \
   --gpu-memory-utilization 0.9 \
   --kv-cache-dtype auto \

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Rendered by trdeploy from DeploymentProfile llama-3-8b-awq-rtx4090 (sha256 7318c7ea0341); do not edit.
+# Rendered by trdeploy from DeploymentProfile llama-3-8b-awq-rtx4090 (sha256 9294d25be3b9); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given to `docker run`
 # are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is

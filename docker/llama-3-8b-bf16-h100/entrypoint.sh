@@ -1,5 +1,5 @@
 #!/bin/sh
-# Rendered by trdeploy from DeploymentProfile llama-3-8b-bf16-h100 (sha256 b320ec8ecb3f); do not edit.
+# Rendered by trdeploy from DeploymentProfile llama-3-8b-bf16-h100 (sha256 f780b57b4e49); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given to `docker run`
 # are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is
@@ -17,7 +17,7 @@ exec vllm serve meta-llama/Meta-Llama-3-8B-Instruct \
   --tensor-parallel-size 1 \
   --dtype auto \
   --max-model-len 8192 \
-  --max-num-seqs 32 \
+  --max-num-seqs 72 \
   --max-num-batched-tokens 8192 \
   --gpu-memory-utilization 0.9 \
   --kv-cache-dtype auto \

@@ -167,6 +167,8 @@ def test_deployment_follows_the_profile():
 
 def test_startup_budget_comes_from_the_prediction():
     prof = _load()
+    assert prof.prediction.startup is not None  # tune predicts it; recipes carry it
+    prof.prediction.startup = None  # a profile from before tune predicted start-up
     fallback = render(prof)
     assert any("conservative default" in w for w in fallback.warnings)
     prof.prediction.startup = Startup(weights_load_s=20, read_gb_per_s=0.8, engine_init_s=60, compile_s=50,

@@ -147,7 +147,8 @@ def test_bad_input_is_one_line_exit_2(args, expected):
         (["--peak-factor", "nan"], "--peak-factor: input should be a finite number"),
         (["--requests-per-day", "inf"], "--requests-per-day: input should be a finite number"),
         (["--tokens-per-word", "-1"], "--tokens-per-word"),
-        (["--max-model-len", "4096", "--max-num-batched-tokens", "64", "--concurrency", "100"], "--max-num-batched-tokens 64 is below the max_num_seqs"),
+        # An SLA that always holds: one replica takes all 100, so max_num_seqs must be above 64.
+            (["--max-model-len", "4096", "--max-num-batched-tokens", "64", "--concurrency", "100", "--sla-e2e-p95-ms", "1e9"], "--max-num-batched-tokens 64 is below the max_num_seqs"),
     ],
 )
 def test_the_argument_model_is_the_one_line_error(args, expected):
@@ -180,11 +181,15 @@ def test_the_steps_compose_to_tune():
     assert (shape.max_model_len, shape.prompt_tokens, shape.output_tokens) == (8192, 1024, 256)
     plan, kv = t.choose_tensor_parallel(target, t.initial_plan(req, target, shape.max_model_len, util), None, "cold")
     assert plan.tp == 1 and plan.max_num_seqs == 1024  # vLLM's H100 default before the plan
-    sla = t.plan_sla(req)
-    traffic = t.plan_traffic(req, t._latency_fn(target, plan, kv, shape), t._kv_capacity(kv, shape), sla)
+    sla = t.plan_sla(req)  # no --sla-*: the default interactive SLA
+    assert (sla.ttft_p95_ms, sla.tpot_ms) == (2000.0, 50.0)
+    latency_at = t._latency_fn(target, plan, kv, shape)
+    traffic = t.plan_traffic(req, latency_at, t._kv_capacity(kv, shape), sla)
     assert (traffic.replicas, traffic.per_replica) == (1, 48)
-    plan, kv = t.settle_max_num_seqs(req, target, plan, kv, traffic.per_replica, t._kv_capacity(kv, shape))
-    assert plan.max_num_seqs == 48  # follows the planned concurrency, rounded up to 8
+    capacity = t.sla_capacity(latency_at, sla, t._kv_capacity(kv, shape))
+    assert capacity > 48
+    plan, kv = t.settle_max_num_seqs(req, target, plan, kv, traffic.per_replica, t._kv_capacity(kv, shape), capacity)
+    assert plan.max_num_seqs == t.round_up(capacity, 8)  # admits the SLA capacity, not just the planned 48
     profile = t.build_profile(req, target, plan, kv, shape, sla, traffic, t.assess(target, plan, kv, shape, traffic, sla))
     assert profile == tune(req).profile
 

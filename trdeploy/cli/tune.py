@@ -11,6 +11,7 @@ from rich.table import Table
 from trdeploy.args import default
 from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt, choices, opt
 from trdeploy.deployment import KV_CACHE_DTYPES, QUANTIZATIONS
+from trdeploy.errors import TrdeployError
 from trdeploy.output import emit, ensure_writable, warn
 from trdeploy.sizing.memory import CompileCache as CompileCacheLiteral
 from trdeploy.sizing.request import TuneRequest
@@ -44,6 +45,7 @@ def tune(
     max_num_batched_tokens: Annotated[int | None, opt(R, "max_num_batched_tokens")] = default(R, "max_num_batched_tokens"),
     gpu_memory_utilization: Annotated[float | None, opt(R, "gpu_memory_utilization")] = default(R, "gpu_memory_utilization"),
     compile_cache: Annotated[CompileCache, opt(R, "compile_cache")] = default(R, "compile_cache"),
+    weights_read_gbps: Annotated[float | None, opt(R, "weights_read_gbps")] = default(R, "weights_read_gbps"),
     name: Annotated[str | None, opt(R, "name")] = default(R, "name"),
     served_model_name: Annotated[str | None, opt(R, "served_model_name")] = default(R, "served_model_name"),
     output: OutputOpt = None,
@@ -65,9 +67,14 @@ def tune(
         trdeploy tune --gpu h100 --model llama-3.3-70b --quantization awq --requests-per-day 200000 --sla-ttft-p95-ms 2000
 
         trdeploy tune --gpu a100-80gb --model ./my-turkish-llama --max-model-len 16384 --kv-cache-dtype fp8 --json
+
+        trdeploy tune --gpu all --quantization awq --requests-per-day 100000   # every tier side by side
     """
     from trdeploy.sizing.tuning import tune as run_tune
 
+    compare_all = gpu.strip().lower() == "all"
+    if compare_all and output is not None:
+        raise TrdeployError("--gpu all compares every tier and writes no profile; -o/--output needs one tier.", hint="Pick a tier from the comparison and run `trdeploy tune --gpu TIER -o FILE`.")
     if output is not None:
         ensure_writable(output, force=force)
     req = TuneRequest(
@@ -93,9 +100,16 @@ def tune(
         max_num_batched_tokens=max_num_batched_tokens,
         gpu_memory_utilization=gpu_memory_utilization,
         compile_cache=getattr(compile_cache, "value", compile_cache),
+        weights_read_gbps=weights_read_gbps,
         name=name,
         served_model_name=served_model_name,
     )
+    if compare_all:
+        from trdeploy.sizing.compare import compare
+
+        comparison = compare(req)
+        emit(comparison.as_json(), as_json=as_json, render=lambda console: _render_comparison(console, comparison))
+        return
     result = run_tune(req)
     written = None
     if output is not None:
@@ -142,7 +156,13 @@ def _render(console: Console, result, written: str | None) -> None:
     perf.add_row("hourly cost", f"${pred.hourly_cost_usd:,.2f}")
     if pred.sla_met is not None:
         verdict = "[green]met[/]" if pred.sla_met else "[red]NOT met[/]"
-        perf.add_row("SLA", f"{verdict} (holds up to {pred.sla_max_concurrency} per replica)")
+        default_sla = " (default SLA)" if pred.details.get("sla_source") == "default" else ""
+        perf.add_row(f"SLA{default_sla}", f"{verdict} (holds up to {pred.sla_capacity_per_replica} per replica)")
+    if pred.capacity is not None:
+        cap = pred.capacity
+        perf.add_row("replicas for the traffic (min-max)", f"{cap.replicas_min}-{cap.replicas_max} at {cap.per_replica_concurrency} in flight each")
+    if pred.startup is not None:
+        perf.add_row("start-up (cold / warm)", f"{pred.startup.cold_s:.0f} / {pred.startup.warm_s:.0f} s")
     console.print(perf)
 
     console.print("[bold]Start it with:[/]")
@@ -150,6 +170,44 @@ def _render(console: Console, result, written: str | None) -> None:
     console.print(f"[dim]{len(p.assumptions)} assumptions recorded in the profile (see --json or the YAML).[/]")
     if written:
         console.print(f"Wrote {written}")
+
+
+def _money(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"${x:,.{digits}f}"
+
+
+def _render_comparison(console: Console, c) -> None:
+    sla = ", ".join(f"{k} {v:g}" for k, v in c.sla.items() if v is not None)
+    console.print(
+        f"[bold]{c.model}[/] ({c.quantization or 'as the checkpoint'}), max_model_len {c.max_model_len}, "
+        f"{c.prompt_tokens}+{c.output_tokens} tokens per request, SLA {sla}{' (default)' if c.sla_default else ''}"
+    )
+    table = Table(title="Every GPU tier (predictions)", show_header=True, header_style="bold")
+    for col, justify in (
+        ("GPU", "left"), ("n", "right"), ("fits", "left"), ("KV tokens", "right"), ("SLA conc.", "right"),
+        ("replicas", "right"), ("$/h", "right"), ("$/M words", "right"), ("measured", "left"), ("why not", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in c.rows:
+        measured = "yes" if r.measured else ("memory" if r.memory_measured else ("speed" if r.speed_measured else "[yellow]no[/]"))
+        if not r.fits:
+            why = (r.why or "").split(": ", 1)[-1].split(" (gpu_memory_utilization")[0].rstrip(".")
+            table.add_row(r.tier, str(r.gpus), "[red]no[/]", "-", "-", "-", "-", "-", measured, f"[dim]{why}[/]")
+            continue
+        table.add_row(
+            r.tier, str(r.gpus), "yes", f"{r.kv_cache_tokens:,}",
+            str(r.sla_capacity_per_replica) if r.sla_capacity_per_replica else "[red]0[/]",
+            str(r.replicas), _money(r.hourly_usd), _money(r.usd_per_million_words), measured,
+            "" if r.sla_capacity_per_replica else "[dim]SLA not met at 1 request[/]",
+        )
+    console.print(table)
+    console.print(
+        "[dim]SLA conc.: the most requests in flight per replica at which the SLA holds (0: not even one); replicas: for the "
+        "traffic; $/h: all replicas; $/M words: one replica at its SLA concurrency; measured: memory and speed measured on "
+        "that tier, else datasheet figures.[/]"
+    )
+    for note in c.notes:
+        console.print(f"[dim]- {note}[/]")
 
 
 def register(app: typer.Typer) -> None:

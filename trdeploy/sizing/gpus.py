@@ -12,6 +12,12 @@ Throughput figures are NVIDIA's dense (no sparsity) tensor-core numbers; bandwid
 Prices are typical on-demand prices per GPU-hour from specialist GPU clouds (list prices seen in
 2025-06; they change often and differ between providers). Everything here is data; nothing is
 probed at run time.
+
+Provenance: `measured` names each fact that was measured on a real card, with where the measurement is
+recorded; every fact not named there is from the datasheet or public reports (`DATASHEET_NOTE`).
+Three facts matter for trust in `tune`'s output: `memory` (vLLM's KV cache log reproduced by the
+memory accounting), `speed` (served latency the latency model was fitted to or checked against) and
+`startup` (seconds until /health answers). `compare` marks the tiers where memory or speed were not measured.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from trdeploy.errors import TrdeployError
 MiB = 1024**2
 GiB = 1024**3
 
+DATASHEET_NOTE = "not measured: NVIDIA datasheet figures with the H100's fitted efficiencies"
 PRICE_NOTE = "typical on-demand USD per GPU-hour at specialist GPU clouds, list prices seen 2025-06; check your provider"
 
 
@@ -44,6 +51,39 @@ class GpuSpec:
     # vLLM 0.25 defaults `max_num_batched_tokens` to 8192 and `max_num_seqs` to 1024 for the OpenAI
     # server on GPUs with >= 70 GiB that are not A100s, else 2048 and 256 (EngineArgs.get_batch_defaults).
     vllm_large_defaults: bool = False
+    # (fact, where it was measured) for every fact measured on this tier; see the module docstring.
+    measured: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def measured_facts(self) -> dict[str, str]:
+        return dict(self.measured)
+
+    @property
+    def memory_measured(self) -> bool:
+        return "memory" in self.measured_facts
+
+    @property
+    def speed_measured(self) -> bool:
+        return "speed" in self.measured_facts
+
+    @property
+    def startup_measured(self) -> bool:
+        return "startup" in self.measured_facts
+
+    def provenance(self) -> dict[str, str]:
+        """Each fact tune uses -> where it comes from ('measured: ...' or the datasheet/public note)."""
+        facts = self.measured_facts
+        out = {}
+        for fact in ("memory", "speed", "startup", "cuda_total", "bandwidth", "tflops", "price"):
+            if fact in facts:
+                out[fact] = "measured: " + facts[fact]
+            elif fact == "cuda_total":
+                out[fact] = self.cuda_total_source
+            elif fact == "price":
+                out[fact] = PRICE_NOTE
+            else:
+                out[fact] = DATASHEET_NOTE
+        return out
 
     @property
     def memory_gib(self) -> float:
@@ -87,6 +127,12 @@ _CATALOG: tuple[GpuSpec, ...] = (
         hourly_usd=2.99,
         architecture="hopper",
         vllm_large_defaults=True,
+        measured=(
+            ("memory", "tests/data/vllm_measurements.json (12 vLLM 0.25.0 start-ups, 1 and 2 GPUs)"),
+            ("speed", "shared/calibration/vllm-0.25.0-h100.md, tests/data/vllm_measurements.json benchmarks (Llama-3-8B bf16 and AWQ)"),
+            ("startup", "shared/calibration/vllm-0.25.0-h100.md (Llama-3-8B bf16, local disk, first start)"),
+            ("cuda_total", "torch.cuda.mem_get_info, driver 580.159.04"),
+        ),
     ),
     GpuSpec(
         tier="h200",
@@ -103,6 +149,11 @@ _CATALOG: tuple[GpuSpec, ...] = (
         hourly_usd=3.79,
         architecture="hopper",
         vllm_large_defaults=True,
+        measured=(
+            ("memory", "shared/calibration/vllm-0.25.0-h200.md (GPU KV cache size logged by vLLM 0.25.0, Llama-3-8B bf16 and Llama-3-70B AWQ)"),
+            ("speed", "shared/calibration/vllm-0.25.0-h200.md (vllm bench serve, Llama-3-8B bf16 and Llama-3-70B AWQ)"),
+            ("startup", "tests/data/vllm_measurements_h200.json starts (Llama-3-8B bf16 bare machine, Llama-3-70B AWQ)"),
+        ),
     ),
     GpuSpec(
         tier="a100-80gb",

@@ -19,6 +19,10 @@ DEFAULT_CONCURRENCY = 32
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
 DEFAULT_PEAK_FACTOR = 3.0
 DEFAULT_PERCENTILE = 95.0
+# The SLA tune checks when no --sla-* option is given: an interactive chat service (first token within
+# 2 s at p95, 50 ms per output token at the median, about 20 tokens/s: faster than people read).
+DEFAULT_SLA_TTFT_P95_MS = 2000.0
+DEFAULT_SLA_TPOT_MS = 50.0
 
 
 class TuneRequest(Args):
@@ -52,9 +56,21 @@ class TuneRequest(Args):
     )
     requests_per_day: float | None = arg(None, gt=0, help="Daily traffic to plan replicas for (instead of --concurrency).")
     peak_factor: float = arg(DEFAULT_PEAK_FACTOR, ge=1.0, help="Peak-hour rate over the daily average rate.")
-    ttft_p95_ms: float | None = arg(None, gt=0, flag="--sla-ttft-p95-ms", help="SLA: p95 time to first token, ms.")
+    ttft_p95_ms: float | None = arg(
+        None,
+        gt=0,
+        flag="--sla-ttft-p95-ms",
+        help="SLA: p95 time to first token, ms.",
+        default_note=f"{DEFAULT_SLA_TTFT_P95_MS:g} with the default SLA (used when no --sla-* is given)",
+    )
     e2e_p95_ms: float | None = arg(None, gt=0, flag="--sla-e2e-p95-ms", help="SLA: p95 end-to-end latency, ms.")
-    tpot_ms: float | None = arg(None, gt=0, flag="--sla-tpot-ms", help="SLA: median time per output token, ms.")
+    tpot_ms: float | None = arg(
+        None,
+        gt=0,
+        flag="--sla-tpot-ms",
+        help="SLA: median time per output token, ms.",
+        default_note=f"{DEFAULT_SLA_TPOT_MS:g} with the default SLA (used when no --sla-* is given)",
+    )
     max_num_seqs: int | None = arg(None, ge=1, help="Override vLLM max_num_seqs.")
     max_num_batched_tokens: int | None = arg(
         None, ge=1, help="Override vLLM max_num_batched_tokens.", default_note="vLLM's for the GPU: 8192 on H100/H200, else 2048"
@@ -64,6 +80,12 @@ class TuneRequest(Args):
     )
     compile_cache: CompileCache = arg(
         "cold", help="Predict the first start (cold torch.compile cache) or a restart with ~/.cache/vllm kept (warm)."
+    )
+    weights_read_gbps: float | None = arg(
+        None,
+        gt=0,
+        help="Storage read bandwidth for the weights at start-up, GB/s (predicts prediction.startup).",
+        default_note="1 (a model-cache volume; local NVMe 2-7, a hub download 0.1-0.5)",
     )
     name: str | None = arg(None, help="Profile name.", default_note="model-quant-gpu")
     served_model_name: str | None = arg(None, help="vLLM served_model_name (the name clients send).")

@@ -4,13 +4,16 @@ Steps (each a pure function of typed values except `context_tokens_per_word`, wh
 `tune` runs them in this order, every check that needs no corpus first (`check_load_and_overrides`):
 1. `resolve_target`: the GPU tier, the model (preset, folder, hub id) and its quantization;
 2. `plan_shape`: max_model_len, given or Turkish context words x tokens per word (p95 on the model's
-   tokenizer) + output, and the typical request; `plan_sla`: the latency targets;
+   tokenizer) + output, and the typical request; `plan_sla`: the latency targets (given, else the default
+   interactive SLA of trdeploy.sizing.request, named in the assumptions);
 3. `choose_tensor_parallel`: given, or the fewest GPUs on which vLLM starts (one max_model_len request fits);
 4. engine arguments: `initial_plan` takes vLLM's own defaults for the GPU where the user gives none;
-   `settle_max_num_seqs` makes max_num_seqs follow the planned concurrency and what the KV cache holds;
+   `settle_max_num_seqs` makes max_num_seqs admit the SLA capacity (`sla_capacity`: the highest per-replica
+   concurrency at which the SLA holds, bounded only by the KV cache) and the planned load;
 5. predictions: `plan_traffic` sets the per-replica concurrency and the replicas for the traffic target;
    `assess` runs the memory accounting (trdeploy.sizing.memory) and the latency model
-   (trdeploy.sizing.latency) at that concurrency: the SLA and the highest concurrency at which it holds;
+   (trdeploy.sizing.latency) at that concurrency: the SLA, the highest concurrency at which it holds and
+   the capacity plan (replicas min/max); start-up time comes from trdeploy.sizing.startup;
 6. `build_profile`: the DeploymentProfile.
 """
 
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from trdeploy.deployment import SLA, DeploymentProfile, EngineArgs, GpuInfo, ModelInfo, Prediction, Workload
+from trdeploy.deployment import SLA, CapacityPlan, DeploymentProfile, EngineArgs, GpuInfo, ModelInfo, Prediction, Workload
 from trdeploy.errors import TrdeployError
 from trdeploy.sizing.architectures import ResolvedModel, resolve_model
 from trdeploy.sizing.gpus import GiB, GpuSpec, get_gpu
@@ -46,8 +49,11 @@ from trdeploy.sizing.request import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     DEFAULT_OUTPUT_TOKENS,
     DEFAULT_PROMPT_TOKENS,
+    DEFAULT_SLA_TPOT_MS,
+    DEFAULT_SLA_TTFT_P95_MS,
     TuneRequest,
 )
+from trdeploy.sizing.startup import StartupInputs, predict_startup
 
 MAX_TP = 8
 MAX_MODEL_LEN_ROUNDING = 256
@@ -293,6 +299,8 @@ class Traffic:
     replicas: int
     peak_rps: float | None
     assumptions: tuple[str, ...]
+    total_concurrency: int | None = None  # with --concurrency (or its default): requests in flight at peak
+    peak_factor: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -302,8 +310,10 @@ class Outcome:
     latency: LatencyPrediction
     kv_capacity: int  # typical requests the KV cache holds at once
     sla_met: bool | None
-    sla_max: int | None
+    sla_max: int | None  # highest per-replica concurrency meeting the SLA that max_num_seqs admits
     warnings: tuple[str, ...]
+    sla_capacity: int | None = None  # the same, bounded only by the KV cache
+    capacity: CapacityPlan | None = None
 
 
 def _resolve_quant(model: ResolvedModel, requested: str | None, gpu: GpuSpec, warnings: list[str]) -> str:
@@ -393,8 +403,34 @@ def plan_shape(req: TuneRequest, model: ResolvedModel, tokens_per_word_fn: Token
     )
 
 
+def sla_is_default(req: TuneRequest) -> bool:
+    return req.ttft_p95_ms is None and req.e2e_p95_ms is None and req.tpot_ms is None
+
+
 def plan_sla(req: TuneRequest) -> SLA:
+    """The latency targets given, or (none given) the default interactive SLA."""
+    if sla_is_default(req):
+        return SLA(ttft_p95_ms=DEFAULT_SLA_TTFT_P95_MS, tpot_ms=DEFAULT_SLA_TPOT_MS)
     return SLA(ttft_p95_ms=req.ttft_p95_ms, e2e_p95_ms=req.e2e_p95_ms, tpot_ms=req.tpot_ms)
+
+
+def _sla_note(req: TuneRequest, sla: SLA) -> tuple[str, ...]:
+    if not sla_is_default(req):
+        return ()
+    return (
+        f"SLA: none given, so the default interactive SLA is checked: p95 TTFT {sla.ttft_p95_ms:g} ms and median TPOT "
+        f"{sla.tpot_ms:g} ms (set --sla-ttft-p95-ms, --sla-e2e-p95-ms or --sla-tpot-ms).",
+    )
+
+
+def sla_capacity(latency_at: Callable[[int], LatencyPrediction], sla: SLA, kv_capacity: int) -> int | None:
+    """The highest per-replica concurrency at which the SLA holds, whatever max_num_seqs is: bounded only by
+    the typical requests the KV cache holds (beyond it vLLM preempts, which the latency model does not
+    predict). 0: not even one request; None: no SLA."""
+    ok = _sla_checker(sla)
+    if ok is None:
+        return None
+    return _highest(lambda c: ok(latency_at(c)), kv_capacity)
 
 
 def initial_plan(req: TuneRequest, target: Target, max_model_len: int, util: float) -> _Plan:
@@ -456,7 +492,7 @@ def plan_traffic(req: TuneRequest, latency_at: Callable[[int], LatencyPrediction
     for the traffic target (--requests-per-day through Little's law, or --concurrency)."""
     ok = _sla_checker(sla)
     seqs_user = req.max_num_seqs
-    cap = min(kv_capacity, seqs_user) if seqs_user else min(kv_capacity, 1024)
+    cap = min(kv_capacity, seqs_user) if seqs_user else kv_capacity
     sla_max = _highest(lambda c: ok(latency_at(c)), cap) if ok else None
     limit = sla_max if sla_max else cap
     if req.requests_per_day is not None:
@@ -470,24 +506,35 @@ def plan_traffic(req: TuneRequest, latency_at: Callable[[int], LatencyPrediction
             f"Traffic: {req.requests_per_day:g} requests/day x peak factor {req.peak_factor:g} = {peak_rps:.3f} requests/s at peak, "
             f"served by {replicas} replica(s) at {per_replica} concurrent requests each (Little's law on the predicted end-to-end latency)."
         )
-        return Traffic(per_replica=per_replica, replicas=replicas, peak_rps=peak_rps, assumptions=(note,))
+        return Traffic(per_replica=per_replica, replicas=replicas, peak_rps=peak_rps, assumptions=(note,), peak_factor=req.peak_factor)
     total = req.concurrency if req.concurrency is not None else DEFAULT_CONCURRENCY
     notes: tuple[str, ...] = ()
     if req.concurrency is None:
         notes = (f"Planned concurrency {DEFAULT_CONCURRENCY} requests in flight (default; set --concurrency or --requests-per-day).",)
     replicas = max(1, math.ceil(total / limit))
-    return Traffic(per_replica=cdiv(total, replicas), replicas=replicas, peak_rps=None, assumptions=notes)
+    return Traffic(
+        per_replica=cdiv(total, replicas), replicas=replicas, peak_rps=None, assumptions=notes, total_concurrency=total, peak_factor=req.peak_factor
+    )
 
 
 def settle_max_num_seqs(
-    req: TuneRequest, target: Target, plan: _Plan, kv: KvCachePrediction, per_replica: int, kv_capacity: int
+    req: TuneRequest,
+    target: Target,
+    plan: _Plan,
+    kv: KvCachePrediction,
+    per_replica: int,
+    kv_capacity: int,
+    sla_capacity: int | None = None,
 ) -> tuple[_Plan, KvCachePrediction]:
-    """Step 4b: max_num_seqs follows the planned concurrency and what the KV cache holds (unless given)."""
+    """Step 4b (unless --max-num-seqs is given): max_num_seqs admits the larger of the planned per-replica load
+    and the SLA capacity (so a replica can take the load the autoscaler sends it), rounded up to 8 within what
+    the KV cache holds at the typical request."""
     if req.max_num_seqs is not None:
         return plan, kv
     seqs0 = plan.max_num_seqs
-    seqs = min(max(8, round_up(per_replica, 8)), max(8, kv_capacity // 8 * 8), 1024)
-    seqs = max(seqs, per_replica) if per_replica <= kv_capacity else seqs
+    admit = max(per_replica, sla_capacity or 0)
+    seqs = min(max(8, round_up(admit, 8)), max(8, kv_capacity // 8 * 8), max(1024, admit))
+    seqs = max(seqs, admit) if admit <= kv_capacity else seqs
     mbt_user = req.max_num_batched_tokens
     if mbt_user is not None and mbt_user < seqs:
         raise TrdeployError(
@@ -515,8 +562,14 @@ def assess(target: Target, plan: _Plan, kv: KvCachePrediction, shape: Shape, tra
     lat = latency_at(per_replica)
     sla_met = ok(lat) if ok else None
     sla_max: int | None = None
+    capacity_sla = sla_capacity(latency_at, sla, kv_capacity)
     if ok:
         sla_max = _highest(lambda c: ok(latency_at(c)), min(kv_capacity, plan.max_num_seqs))
+        if capacity_sla and capacity_sla > plan.max_num_seqs:
+            warnings.append(
+                f"max_num_seqs {plan.max_num_seqs} admits fewer requests than the {capacity_sla} per replica at which the SLA still holds; "
+                "the rest wait in vLLM's queue (leave --max-num-seqs out to let tune size it)."
+            )
         if not sla_met:
             warnings.append(
                 f"The SLA does not hold at {per_replica} concurrent requests per replica (predicted p95 TTFT {lat.ttft_p95_ms:.0f} ms, "
@@ -536,7 +589,37 @@ def assess(target: Target, plan: _Plan, kv: KvCachePrediction, shape: Shape, tra
             f"less than the CUDA context (~{cuda_context_gib(plan.tp)} GiB) and CUDA graphs (~{CUDA_GRAPH_GIB} GiB, not counted by vLLM 0.25): "
             "start-up may run out of memory while capturing graphs. Lower it."
         )
-    return Outcome(latency=lat, kv_capacity=kv_capacity, sla_met=sla_met, sla_max=sla_max, warnings=tuple(warnings))
+    capacity = plan_capacity(traffic, latency_at, sla_max or min(kv_capacity, plan.max_num_seqs))
+    return Outcome(
+        latency=lat, kv_capacity=kv_capacity, sla_met=sla_met, sla_max=sla_max, warnings=tuple(warnings), sla_capacity=capacity_sla, capacity=capacity
+    )
+
+
+def plan_capacity(traffic: Traffic, latency_at: Callable[[int], LatencyPrediction], per_replica_max: int) -> CapacityPlan:
+    """Step 5c: replicas for the traffic with each replica loaded up to `per_replica_max` (the SLA capacity this
+    configuration admits): the peak needs `traffic.replicas`; the average load (peak / peak_factor) the minimum."""
+    per = max(1, per_replica_max)
+    rps = latency_at(per).requests_per_s
+    high = max(1, traffic.replicas)
+    if traffic.peak_rps is not None:
+        low = max(1, math.ceil(traffic.peak_rps / traffic.peak_factor / rps - 1e-9))
+        basis = (
+            f"peak {traffic.peak_rps:.3f} requests/s over {rps:.3f} requests/s per replica at {per} in flight (Little's law on the "
+            f"predicted end-to-end latency); minimum for the average rate (peak / {traffic.peak_factor:g})"
+        )
+    else:
+        total = traffic.total_concurrency or traffic.per_replica * high
+        low = max(1, math.ceil(total / traffic.peak_factor / per - 1e-9))
+        basis = f"{total} requests in flight at peak over {per} per replica; minimum for the average load (peak / peak factor {traffic.peak_factor:g})"
+    return CapacityPlan(
+        per_replica_concurrency=per,
+        requests_per_s_per_replica=round(rps, 4),
+        replicas_min=min(low, high),
+        replicas_max=high,
+        peak_concurrency=float(traffic.total_concurrency) if traffic.total_concurrency is not None else round(traffic.peak_rps * latency_at(per).e2e_p95_ms / 1e3, 2),  # type: ignore[operator]
+        peak_requests_per_s=round(traffic.peak_rps, 4) if traffic.peak_rps is not None else None,
+        basis=basis,
+    )
 
 
 def _served_model(model: ResolvedModel, quantization: str) -> tuple[str, str | None]:
@@ -585,6 +668,13 @@ def build_profile(
         hourly_cost_usd=round(hourly, 2),
         sla_met=outcome.sla_met,
         sla_max_concurrency=outcome.sla_max,
+        sla_capacity_per_replica=outcome.sla_capacity,
+        capacity=outcome.capacity,
+        startup=predict_startup(
+            StartupInputs(
+                weights_bytes=kv.weights_gib * GiB * plan.tp, num_layers=arch.num_hidden_layers, gpu_tier=gpu.tier, tp=plan.tp, read_gb_per_s=req.weights_read_gbps
+            )
+        ),
         details={
             "per_gpu": {
                 "cuda_total_gib": round(kv.cuda_total_bytes / GiB, 3),
@@ -605,13 +695,14 @@ def build_profile(
             "latency_per_replica": lat.as_dict(),
             "concurrency_per_replica": per_replica,
             "kv_capacity_typical_requests": outcome.kv_capacity,
+            "sla_source": "default" if sla_is_default(req) else "given",
             "peak_requests_per_s": round(traffic.peak_rps, 4) if traffic.peak_rps is not None else None,
             "compile_cache": req.compile_cache,
             "hourly_usd_per_gpu": gpu.hourly_usd,
             "checkpoint_bytes": model.checkpoint_bytes,
         },
     )
-    assumptions = [*shape.assumptions, *traffic.assumptions, *_standard_assumptions(gpu, plan, req.compile_cache)]
+    assumptions = [*shape.assumptions, *_sla_note(req, sla), *traffic.assumptions, *_standard_assumptions(gpu, plan, req.compile_cache)]
     if model_note:
         assumptions.append(model_note)
     name = req.name or f"{arch.name}-{plan.quantization if plan.quantization != 'none' else 'bf16'}-{gpu.tier}" + (f"-x{plan.tp}" if plan.tp > 1 else "")
@@ -664,8 +755,10 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: TokensPerWordFn = context_toke
     shape = plan_shape(req, target.model, tokens_per_word_fn)
     sla = plan_sla(req)
     plan, kv = choose_tensor_parallel(target, initial_plan(req, target, shape.max_model_len, util), req.gpus, req.compile_cache)
-    traffic = plan_traffic(req, _latency_fn(target, plan, kv, shape), _kv_capacity(kv, shape), sla)
-    plan, kv = settle_max_num_seqs(req, target, plan, kv, traffic.per_replica, _kv_capacity(kv, shape))
+    latency_at = _latency_fn(target, plan, kv, shape)
+    traffic = plan_traffic(req, latency_at, _kv_capacity(kv, shape), sla)
+    capacity = sla_capacity(latency_at, sla, _kv_capacity(kv, shape))
+    plan, kv = settle_max_num_seqs(req, target, plan, kv, traffic.per_replica, _kv_capacity(kv, shape), capacity)
     outcome = assess(target, plan, kv, shape, traffic, sla)
     warnings.extend(outcome.warnings)
     profile = build_profile(req, target, plan, kv, shape, sla, traffic, outcome)
