@@ -212,3 +212,8 @@ def test_cli_gpu_all_json_and_table():
     assert table.returncode == 0 and "$/M words" in table.stdout and "rtx4090" in table.stdout
     refused = run_cli("tune", "--gpu", "all", "-o", "x.yaml")
     assert refused.returncode == 2 and "writes no profile" in refused.stderr
+    # An error that is no tier's fault is one line once, not a row per tier.
+    both = run_cli("tune", "--gpu", "all", "--concurrency", "8", "--requests-per-day", "1000", "--json")
+    assert both.returncode == 2 and both.stdout == "" and "either --concurrency or --requests-per-day" in both.stderr
+    too_long = run_cli("tune", "--gpu", "all", "--max-model-len", "65536")
+    assert too_long.returncode == 2 and "exceeds llama-3-8b's 8192 positions" in too_long.stderr

@@ -23,7 +23,16 @@ from trdeploy.sizing.architectures import resolve_model
 from trdeploy.sizing.gpus import GPUS, GpuSpec
 from trdeploy.sizing.memory import valid_tp_sizes
 from trdeploy.sizing.request import TuneRequest
-from trdeploy.sizing.tuning import MAX_TP, TokensPerWordFn, context_tokens_per_word, plan_shape, plan_sla, sla_is_default, tune
+from trdeploy.sizing.tuning import (
+    MAX_TP,
+    TokensPerWordFn,
+    check_load_and_overrides,
+    context_tokens_per_word,
+    plan_shape,
+    plan_sla,
+    sla_is_default,
+    tune,
+)
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,7 @@ def replace_request(req: TuneRequest, **changes: Any) -> TuneRequest:
 def compare(req: TuneRequest, *, tokens_per_word_fn: TokensPerWordFn = context_tokens_per_word, tiers: list[str] | None = None) -> Comparison:
     """Tune `req` on every tier (`req.gpu` is ignored). Tier-independent errors (the model, the context) are
     raised once, before any tier runs."""
+    check_load_and_overrides(replace_request(req, gpu_memory_utilization=None), GPUS["h100"])  # the cross-option checks, once
     model = resolve_model(req.model)
     if req.tokens_per_word is not None:
         tpw, tpw_source = float(req.tokens_per_word), "given (--tokens-per-word)"
