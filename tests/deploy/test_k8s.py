@@ -190,12 +190,19 @@ def test_autoscaling_targets_the_sla_concurrency():
     rendered = render(prof)
     so = _kind(rendered, "ScaledObject")
     trig = so["spec"]["triggers"][0]
-    assert trig["metadata"]["threshold"] == str(prof.prediction.sla_max_concurrency)
+    plan = prof.prediction.capacity
+    assert plan is not None and trig["metadata"]["threshold"] == str(plan.per_replica_concurrency)
     q = trig["metadata"]["query"]
     assert "vllm:num_requests_running" in q and "vllm:num_requests_waiting" in q
     assert f'model_name="{prof.model.id}"' in q
-    assert so["spec"]["maxReplicaCount"] == prof.prediction.replicas
-    assert so["spec"]["minReplicaCount"] == math.ceil(prof.prediction.replicas / prof.workload.peak_factor)
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (plan.replicas_min, plan.replicas_max)
+    # A profile from before the capacity plan: sla_capacity_per_replica, the peak plan and the average hour.
+    prof.prediction.capacity = None
+    legacy = _kind(render(prof), "ScaledObject")["spec"]
+    assert legacy["triggers"][0]["metadata"]["threshold"] == str(prof.prediction.sla_capacity_per_replica)
+    assert legacy["maxReplicaCount"] == prof.prediction.replicas
+    assert legacy["minReplicaCount"] == math.ceil(prof.prediction.replicas / prof.workload.peak_factor)
+    prof = _load(ROOT / "recipes" / "llama-3-8b-awq-l40s.yaml")
     assert _kind(rendered, "PodDisruptionBudget")["spec"]["minAvailable"] == so["spec"]["minReplicaCount"]
     custom = render(prof, RenderOptions(replicas_min=2, replicas_max=5, target_concurrency=7, name="tr-llm", namespace="prod", image="reg/x:1"))
     so = _kind(custom, "ScaledObject")
@@ -205,11 +212,8 @@ def test_autoscaling_targets_the_sla_concurrency():
 
 
 def test_capacity_plan_decides_replicas_and_target():
-    import trdeploy.deployment as deployment
+    from trdeploy.deployment import CapacityPlan as plan_cls
 
-    plan_cls = getattr(deployment, "CapacityPlan", None)
-    if plan_cls is None:
-        pytest.skip("this DeploymentProfile has no prediction.capacity yet")
     prof = _load(ROOT / "recipes" / "llama-3-8b-awq-l40s.yaml")
     prof.prediction.capacity = plan_cls(per_replica_concurrency=21, requests_per_s_per_replica=3.0, replicas_min=2, replicas_max=4, basis="test plan")
     rendered = render(prof)
