@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_cli
+
 from trdeploy.deploy.image import (
     DEFAULT_START_PERIOD_S,
     BuildOptions,
@@ -97,7 +97,7 @@ def test_dockerfiles_are_hadolint_clean_at_warning_level(tmp_path, source):
             options = options.model_copy(update={"model_repo": "org/model"})
         dockerfile = tmp_path / f"Dockerfile.{recipe.stem}.{source}"
         dockerfile.write_text(render_context(profile, options).files["Dockerfile"])
-        r = subprocess.run([exe, "--failure-threshold", "warning", str(dockerfile)], capture_output=True, text=True)
+        r = subprocess.run([exe, "--failure-threshold", "warning", str(dockerfile)], capture_output=True, text=True, check=False)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "# syntax=" not in dockerfile.read_text()
 
@@ -206,7 +206,7 @@ def _run_until_healthy(docker_client, image: str, *, command=None, user=None, en
                 break
             time.sleep(0.5)
         logs = container.logs().decode()
-        line = next(l for l in logs.splitlines() if l.startswith("STANDIN_VLLM "))
+        line = next(ln for ln in logs.splitlines() if ln.startswith("STANDIN_VLLM "))
         return json.loads(line.split(" ", 1)[1]), states
     finally:
         container.remove(force=True)
@@ -321,7 +321,7 @@ def test_failed_step_is_one_line_and_leaves_no_tag(docker_client, tmp_path):
     tag = "trdeploy-test/failed:1"
     r = run_cli("build", str(BF16_H100), "--base-image", shell_less, "--tag", tag)
     assert r.returncode == 2, r.stderr
-    error = [l for l in r.stderr.splitlines() if l.startswith("Error:")]
+    error = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert len(error) == 1 and "failed at step 5/" in error[0], r.stderr[-2000:]
     import docker
 
@@ -335,6 +335,6 @@ def test_push_failure_and_bad_tag_are_one_line(docker_client, vllm_base_image):
     tag = "127.0.0.1:9/trdeploy-test/push:1"  # nothing listens on port 9
     r = run_cli("build", str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag, "--push")
     assert r.returncode == 2, r.stderr[-2000:]
-    error = [l for l in r.stderr.splitlines() if l.startswith("Error:")]
+    error = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert len(error) == 1 and "Push of 127.0.0.1:9/trdeploy-test/push:1 failed" in error[0], r.stderr[-2000:]
     docker_client.images.remove(tag, force=True)

@@ -4,46 +4,42 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, get_args
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from trdeploy.cli._options import ForceOpt, JsonOpt
+from trdeploy.args import default, describe
+from trdeploy.cli._options import ForceOpt, JsonOpt, choices, opt
+from trdeploy.deploy.docker_build import BuildRequest
+from trdeploy.deploy.image import BuildOptions
 from trdeploy.errors import TrdeployError
 from trdeploy.output import emit, err_console
 
-
-class ModelSource(str, Enum):
-    mount = "mount"
-    bake = "bake"
-    download = "download"
-
-
-class Cuda(str, Enum):
-    cu130 = "13.0"
-    cu129 = "12.9"
+BO = BuildOptions
+BR = BuildRequest
+ModelSource = choices("ModelSource", get_args(BO.model_fields["model_source"].annotation))
+Cuda = choices("Cuda", tuple(v for v in get_args(get_args(BO.model_fields["cuda"].annotation)[0])))
 
 
 def build(
-    profile: Annotated[Path, typer.Argument(help="DeploymentProfile written by `trdeploy tune` (trdeploy.yaml).", show_default=False)],
-    tag: Annotated[Optional[str], typer.Option("--tag", "-t", help="Image tag. \\[default: trdeploy/PROFILE-NAME:PROFILE-HASH]")] = None,
-    push: Annotated[bool, typer.Option("--push", help="Push the tag after the build (credentials from the docker config).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write the build context to -o DIR; build nothing, no engine needed.")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Dry run: the folder to write the context into.")] = None,
-    model_source: Annotated[ModelSource, typer.Option("--model-source", help="mount: no weights in the image (HF_HOME on a volume); bake: copy --model-dir into the last layer; download: fetch from the hub at build time (token as a BuildKit secret).")] = ModelSource.mount,
-    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="bake: the local checkpoint folder. \\[default: the profile's model path]")] = None,
-    model_repo: Annotated[Optional[str], typer.Option("--model-repo", help="download: the hub repository. \\[default: the profile's model, if a hub id]")] = None,
-    revision: Annotated[Optional[str], typer.Option("--revision", help="download: the hub revision (branch, tag or commit); recorded in the labels. \\[default: main]")] = None,
-    hf_token_file: Annotated[Optional[Path], typer.Option("--hf-token-file", help="download: a file holding the hub token. \\[default: $HF_TOKEN]")] = None,
-    base_image: Annotated[Optional[str], typer.Option("--base-image", help="Base image instead of vllm/vllm-openai:vVERSION[-cuXYZ]; IMAGE:TAG or IMAGE@sha256:DIGEST.")] = None,
-    cuda: Annotated[Optional[Cuda], typer.Option("--cuda", help="CUDA build of the base image. \\[default: the newest the tier's driver runs]")] = None,
-    driver: Annotated[Optional[str], typer.Option("--driver", help="NVIDIA driver on the nodes (nvidia-smi), to pick the CUDA build. \\[default: assumed per GPU tier]")] = None,
-    served_model_name: Annotated[Optional[str], typer.Option("--served-model-name", help="Name clients send. \\[default: the profile's, else its model id]")] = None,
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port vLLM listens on in the container.")] = 8000,
+    profile: Annotated[Path, typer.Argument(help=describe(BR, "profile"), show_default=False)],
+    tag: Annotated[str | None, opt(BR, "tag")] = default(BR, "tag"),
+    push: Annotated[bool, opt(BR, "push")] = default(BR, "push"),
+    dry_run: Annotated[bool, opt(BR, "dry_run")] = default(BR, "dry_run"),
+    output: Annotated[Path | None, opt(BR, "output", "--output", "-o")] = default(BR, "output"),
+    model_source: Annotated[ModelSource, opt(BO, "model_source")] = default(BO, "model_source"),
+    model_dir: Annotated[Path | None, opt(BR, "model_dir")] = default(BR, "model_dir"),
+    model_repo: Annotated[str | None, opt(BO, "model_repo")] = default(BO, "model_repo"),
+    revision: Annotated[str | None, opt(BO, "revision")] = default(BO, "revision"),
+    hf_token_file: Annotated[Path | None, opt(BR, "hf_token_file")] = default(BR, "hf_token_file"),
+    base_image: Annotated[str | None, opt(BO, "base_image")] = default(BO, "base_image"),
+    cuda: Annotated[Cuda | None, opt(BO, "cuda")] = default(BO, "cuda"),
+    driver: Annotated[str | None, opt(BO, "driver")] = default(BO, "driver"),
+    served_model_name: Annotated[str | None, opt(BO, "served_model_name")] = default(BO, "served_model_name"),
+    port: Annotated[int, opt(BO, "port")] = default(BO, "port"),
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -66,34 +62,29 @@ def build(
 
         trdeploy build trdeploy.yaml --base-image vllm/vllm-openai@sha256:<digest> --cuda 12.9 --json
     """
-    from trdeploy.deploy.docker_build import BuildRequest
     from trdeploy.deploy.docker_build import build as run_build
-    from trdeploy.deploy.image import BuildOptions
 
-    try:
-        req = BuildRequest(
-            profile=profile,
-            options=BuildOptions(
-                model_source=model_source.value,
-                model_repo=model_repo,
-                revision=revision,
-                base_image=base_image,
-                cuda=cuda.value if cuda else None,
-                driver=driver,
-                served_model_name=served_model_name,
-                port=port,
-            ),
-            model_dir=model_dir,
-            tag=tag,
-            push=push,
-            dry_run=dry_run,
-            output=output,
-            force=force,
-            hf_token_file=hf_token_file,
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise TrdeployError(f"Invalid option {'.'.join(map(str, first['loc']))}: {first['msg']}.") from exc
+    # A ValidationError here becomes main's one-line error naming the flag.
+    req = BuildRequest(
+        profile=profile,
+        options=BuildOptions(
+            model_source=_value(model_source),
+            model_repo=model_repo,
+            revision=revision,
+            base_image=base_image,
+            cuda=_value(cuda),
+            driver=driver,
+            served_model_name=served_model_name,
+            port=port,
+        ),
+        model_dir=model_dir,
+        tag=tag,
+        push=push,
+        dry_run=dry_run,
+        output=output,
+        force=force,
+        hf_token_file=hf_token_file,
+    )
     if output is not None and not dry_run:
         raise TrdeployError("-o DIR is for --dry-run.", hint="Add --dry-run, or drop -o to build the image.")
 
@@ -102,6 +93,10 @@ def build(
 
     result = run_build(req, on_line=show)
     emit(result.as_json(), as_json=as_json, render=lambda console: _render(console, result))
+
+
+def _value(choice: Any) -> Any:
+    return choice.value if isinstance(choice, Enum) else choice
 
 
 def _render(console: Console, result) -> None:

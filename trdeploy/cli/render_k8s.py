@@ -54,7 +54,7 @@ def render_k8s(
     profile: Annotated[Path, typer.Argument(help="DeploymentProfile written by `trdeploy tune` (trdeploy.yaml).", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (kustomize), or - for one multi-document YAML stream on stdout.", show_default=False)],
     name: Annotated[str | None, opt(R, "name")] = default(R, "name"),
-    namespace: Annotated[str, opt(R, "namespace", "--namespace", "-n")] = default(R, "namespace"),
+    namespace: Annotated[str, opt(R, "namespace", "--namespace")] = default(R, "namespace"),
     image: Annotated[str | None, opt(R, "image")] = default(R, "image"),
     replicas_min: Annotated[int | None, opt(R, "replicas_min")] = default(R, "replicas_min"),
     replicas_max: Annotated[int | None, opt(R, "replicas_max")] = default(R, "replicas_max"),

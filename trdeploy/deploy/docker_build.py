@@ -21,12 +21,13 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
+from trdeploy.args import Args, arg
 from trdeploy.deploy.image import BuildContext, BuildOptions, render_context
 from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
@@ -41,20 +42,20 @@ _TAG_RE = re.compile(
 LineSink = Callable[[str], None]
 
 
-class BuildRequest(BaseModel):
+class BuildRequest(Args):
     """Everything `trdeploy build` was asked for (the CLI fills it; library callers may too)."""
 
-    model_config = ConfigDict(extra="forbid")
+    command: ClassVar[str] = "build"
 
-    profile: Path
+    profile: Path = arg(..., help="DeploymentProfile written by `trdeploy tune` (trdeploy.yaml).")
     options: BuildOptions = BuildOptions()
-    model_dir: Path | None = None  # bake: the local checkpoint folder
-    tag: str | None = None
-    push: bool = False
-    dry_run: bool = False
-    output: Path | None = None  # dry run: where the context goes
-    force: bool = False
-    hf_token_file: Path | None = None  # download: else $HF_TOKEN / $HUGGING_FACE_HUB_TOKEN
+    model_dir: Path | None = arg(None, help="bake: the local checkpoint folder.", default_note="the profile's model path")
+    tag: str | None = arg(None, help="Image tag.", default_note="trdeploy/PROFILE-NAME:PROFILE-HASH")
+    push: bool = arg(False, help="Push the tag after the build (credentials from the docker config).")
+    dry_run: bool = arg(False, help="Write the build context to -o DIR; build nothing, no engine needed.")
+    output: Path | None = arg(None, flag="--output", help="Dry run: the folder to write the context into.")
+    force: bool = arg(False, help="Overwrite existing output.")
+    hf_token_file: Path | None = arg(None, help="download: a file holding the hub token.", default_note="$HF_TOKEN")
 
 
 class BuildResult(BaseModel):
@@ -167,10 +168,10 @@ def buildkit_command() -> tuple[list[str], dict[str, str]]:
     """(argv prefix, extra env) of a client that drives BuildKit with secrets, or a one-line error."""
     clis = _docker_clis()
     for cli in clis:
-        if subprocess.run([cli, "buildx", "version"], capture_output=True).returncode == 0:
+        if subprocess.run([cli, "buildx", "version"], capture_output=True, check=False).returncode == 0:
             return [cli, "buildx", "build", "--load"], {}
     for cli in clis:
-        out = subprocess.run([cli, "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True)
+        out = subprocess.run([cli, "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True, check=False)
         match = re.match(r"(\d+)\.", out.stdout.strip())
         if match and int(match.group(1)) < 23:
             return [cli, "build"], {"DOCKER_BUILDKIT": "1"}
@@ -244,8 +245,8 @@ def _buildkit_build(context_dir: Path, labels: dict[str, str], token: str | None
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **extra_env}
         )
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
+        for raw in proc.stdout:
+            line = raw.rstrip()
             if line:
                 tail.append(line)
                 on_line(line)
@@ -286,7 +287,7 @@ def build(req: BuildRequest, on_line: LineSink = lambda line: None) -> BuildResu
         raise TrdeployError(f"--tag {tag!r} is not a valid image reference.", hint="Use [REGISTRY/]NAME[:TAG], lowercase.")
     client = docker_client()
     labels = {
-        "org.opencontainers.image.created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "org.opencontainers.image.created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "org.opencontainers.image.ref.name": tag,
     }
     started = time.monotonic()

@@ -23,10 +23,12 @@ import math
 import re
 import shlex
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, field_validator
 
+from trdeploy import hub
+from trdeploy.args import Args, arg
 from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
 
@@ -73,27 +75,29 @@ TIER_DRIVER: dict[str, str] = {
     "rtx4090": "575.51.03",
 }
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
-class BuildOptions(BaseModel):
+class BuildOptions(Args):
     """What `trdeploy build` may choose beyond the profile (the profile decides everything else)."""
 
-    model_config = ConfigDict(extra="forbid")
+    command: ClassVar[str] = "build"
 
-    model_source: Literal["mount", "bake", "download"] = "mount"
+    model_source: Literal["mount", "bake", "download"] = arg(
+        "mount",
+        help="mount: no weights in the image (HF_HOME on a volume); bake: copy --model-dir into the last layer; "
+        "download: fetch from the hub at build time (token as a BuildKit secret).",
+    )
     # bake: the local checkpoint folder's name (its files are placed in the context's model/ by the caller).
-    model_dir_name: str | None = None
-    # download: the hub repository; default: the profile's model when it is a hub id.
-    model_repo: str | None = None
-    revision: str | None = None
-    base_image: str | None = None
-    cuda: Literal["13.0", "12.9"] | None = None
-    driver: str | None = None
-    served_model_name: str | None = None
-    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
-    uid: int = Field(DEFAULT_UID, ge=1)
+    model_dir_name: str | None = arg(None, help="bake: the checkpoint folder's name in the image.")
+    model_repo: str | None = arg(None, help="download: the hub repository.", default_note="the profile's model, if a hub id")
+    revision: str | None = arg(None, help="download: the hub revision (branch, tag or commit); recorded in the labels.", default_note="main")
+    base_image: str | None = arg(None, help="Base image instead of vllm/vllm-openai:vVERSION[-cuXYZ]; IMAGE:TAG or IMAGE@sha256:DIGEST.")
+    cuda: Literal["13.0", "12.9"] | None = arg(None, help="CUDA build of the base image.", default_note="the newest the tier's driver runs")
+    driver: str | None = arg(None, help="NVIDIA driver on the nodes (nvidia-smi), to pick the CUDA build.", default_note="assumed per GPU tier")
+    served_model_name: str | None = arg(None, help="Name clients send.", default_note="the profile's, else its model id")
+    port: int = arg(DEFAULT_PORT, ge=1, le=65535, help="Port vLLM listens on in the container.")
+    uid: int = arg(DEFAULT_UID, ge=1, help="Numeric user the image runs as (group 0, so any UID works).")
 
     @field_validator("driver")
     @classmethod
@@ -125,7 +129,7 @@ def profile_sha256(profile: DeploymentProfile) -> str:
 
 
 def is_hub_id(model: str) -> bool:
-    return bool(_HUB_ID.match(model))
+    return hub.is_hub_id(model, revision=False)
 
 
 def _driver_tuple(driver: str) -> tuple[int, ...]:
@@ -266,11 +270,11 @@ def _entrypoint(argv: list[str], profile_name: str, digest: str) -> str:
     ]
     # One flag and its value per line: `exec vllm serve MODEL`, then `--flag value`.
     groups: list[list[str]] = [argv[:3]]
-    for arg in argv[3:]:
-        if len(groups) == 1 or arg.startswith("--") or len(groups[-1]) == 2:
-            groups.append([arg])
+    for word in argv[3:]:
+        if len(groups) == 1 or word.startswith("--") or len(groups[-1]) == 2:
+            groups.append([word])
         else:
-            groups[-1].append(arg)
+            groups[-1].append(word)
     body = " \\\n  ".join(" ".join(shlex.quote(a) for a in g) for g in groups)
     lines.append(f'exec {body} \\\n  "$@"')
     return "\n".join(lines) + "\n"
@@ -344,7 +348,7 @@ def render_context(profile: DeploymentProfile, options: BuildOptions) -> BuildCo
         "# The base image runs as root; the user is switched below, after the root-only steps.",
         "USER 0",
         "",
-        f"# Every compile cache (vLLM torch.compile, Inductor, Triton, FlashInfer JIT) and the hub cache under",
+        "# Every compile cache (vLLM torch.compile, Inductor, Triton, FlashInfer JIT) and the hub cache under",
         f"# one path: a volume at {CACHE_ROOT} keeps restarts warm. USER/LOGNAME: torch calls getpass.getuser(),",
         "# which fails for a UID without a passwd entry (arbitrary UIDs) unless these are set.",
         f"ENV TRDEPLOY_CACHE={CACHE_ROOT} \\",
@@ -363,8 +367,8 @@ def render_context(profile: DeploymentProfile, options: BuildOptions) -> BuildCo
         "",
         f"COPY entrypoint.sh healthcheck.py trdeploy.yaml {'download.py ' if options.model_source == 'download' else ''}{APP_DIR}/",
         "",
-        f"# A numbered user in group 0; group 0 may write every writable path, so any UID works as well.",
-        f"# No useradd in the base (minimal images): a passwd line does the same.",
+        "# A numbered user in group 0; group 0 may write every writable path, so any UID works as well.",
+        "# No useradd in the base (minimal images): a passwd line does the same.",
         f"RUN (useradd --uid {uid} --gid 0 --no-create-home --home-dir {CACHE_ROOT}/home --shell /usr/sbin/nologin vllm \\",
         f"     || echo 'vllm:x:{uid}:0:vLLM:{CACHE_ROOT}/home:/usr/sbin/nologin' >> /etc/passwd) \\",
         f" && mkdir -p {' '.join(f'{CACHE_ROOT}/{c}' for c in cache_dirs)} {MODELS_ROOT} \\",

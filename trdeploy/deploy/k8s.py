@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from trdeploy import hub
 from trdeploy.args import Args, arg
 from trdeploy.deploy.vllm_metrics import Histogram, VllmMetrics, metrics_for
 from trdeploy.deployment import DeploymentProfile
@@ -430,11 +431,10 @@ def _fetch_container(profile: DeploymentProfile, p: _Plan, opts: RenderOptions, 
     }
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _is_hub_id(model: str) -> bool:
-    return bool(_HUB_ID.match(model))
+    return hub.is_hub_id(model, revision=False)
 
 
 def model_argument(profile: DeploymentProfile) -> str:
