@@ -85,7 +85,7 @@ def main():
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self):  # noqa: N802 (http.server's name)
+        def do_GET(self):
             if self.path == "/health":
                 ready = time.monotonic() >= ready_at
                 self._send(200 if ready else 503, {} if ready else {"status": "starting"})
