@@ -32,7 +32,7 @@ def invoke(*args: str) -> CliResult:
             main(list(args))
         except SystemExit as exc:
             code = exc.code
-        except BaseException as exc:  # noqa: BLE001 - the point is to see it
+        except BaseException as exc:
             code = f"EXC {type(exc).__name__}: {exc}"
     return CliResult(code if code is not None else 0, out.getvalue(), err.getvalue())
 

@@ -102,12 +102,12 @@ def test_tune_with_random_options(args: list[str], write: bool) -> None:
 
 @st.composite
 def profile_args(draw) -> list[str]:
-    return ["profile"] + _options(draw, {
+    return ["profile", *_options(draw, {
         "--limit": usually(st.integers(1, 5), ints), "--min-count": usually(st.integers(1, 3), ints),
         "--top-words": usually(st.integers(0, 5), ints), "--resamples": usually(st.integers(100, 300), st.integers(-5, 99)), "--seed": ints,
         "--format": st.sampled_from(["auto", "text", "auto", "text", "csv", "xml"]), "--field": texts,
         "--tokenizer": st.sampled_from(["llama3", "nope-tokenizer", "./missing.model"]), "--json": st.booleans(),
-    })  # fmt: skip
+    })]  # fmt: skip
 
 
 @SETTINGS
@@ -126,13 +126,16 @@ def bench_args(draw) -> list[str]:
     args = ["bench", "--url", draw(usually(st.sampled_from([CLOSED_URL, CLOSED_URL + "/v1"]), hostile_url))]
     args += ["-m", "x", "-n", str(draw(usually(st.integers(1, 4), st.integers(-1, 0)))), "--no-server-metrics"]
     return args + _options(draw, {
-        "--api": st.sampled_from(["chat", "completions", "chat", "completions", "embeddings"]), "--concurrency": usually(st.integers(1, 4), st.integers(-1, 0)),
-        "--request-rate": usually(st.floats(1, 1000), floats), "--burstiness": usually(st.floats(0.1, 5), floats), "--sweep": st.sampled_from(["concurrency=1,2", "request-rate=50", "c=1", "concurrency=", "concurrency=0"]),
+        "--api": st.sampled_from(["chat", "completions", "chat", "completions", "embeddings"]),
+        "--concurrency": usually(st.integers(1, 4), st.integers(-1, 0)),
+        "--request-rate": usually(st.floats(1, 1000), floats), "--burstiness": usually(st.floats(0.1, 5), floats),
+        "--sweep": st.sampled_from(["concurrency=1,2", "request-rate=50", "c=1", "concurrency=", "concurrency=0"]),
         "--output-tokens": usually(st.integers(1, 500), ints), "--min-tokens": usually(st.integers(0, 10), ints),
         "--temperature": usually(st.floats(0, 2), floats), "--timeout": st.sampled_from([0.5, 2.0, 2.0, 0.0, -1.0, math.nan]),
         "--max-error-rate": usually(st.floats(0, 1), floats), "--percentiles": st.sampled_from(["50,95,99", "99.9", "0", "101", "a,b", ""]),
         "--warmup": st.integers(-1, 2), "--seed": ints, "--extra-body": st.sampled_from(['{"top_k": 5}', '{"top_k": 5}', "[1]", "{", '{"a": NaN}']),
-        "--api-key": usually(st.text("abcXYZ-_.0123456789", min_size=1, max_size=12), texts), "--sla-ttft-p95-ms": usually(st.floats(1, 1e4), floats), "--ignore-eos": st.booleans(), "--json": st.booleans(),
+        "--api-key": usually(st.text("abcXYZ-_.0123456789", min_size=1, max_size=12), texts),
+        "--sla-ttft-p95-ms": usually(st.floats(1, 1e4), floats), "--ignore-eos": st.booleans(), "--json": st.booleans(),
         "--http-client": st.sampled_from(["auto", "raw", "httpx", "auto", "curl"]),
     })  # fmt: skip
 

@@ -188,7 +188,7 @@ def test_full_disk_on_stdout_is_one_line(args: tuple[str, ...]) -> None:
     from tests.conftest import ROOT
 
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, "-m", "trdeploy", *args], cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+        proc = subprocess.run([sys.executable, "-m", "trdeploy", *args], cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, check=False)
     # Before: an OSError traceback.
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines() == ["Error: Cannot write the output (stdout): No space left on device."]
@@ -216,7 +216,7 @@ def _tiktoken_file(path: Path, tokens: list[bytes], ranks: list[int] | None = No
     import base64
 
     ranks = list(range(len(tokens))) if ranks is None else ranks
-    path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in zip(tokens, ranks)))
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in zip(tokens, ranks, strict=True)))
     return path
 
 
@@ -395,3 +395,14 @@ def test_profile_output_equal_to_its_corpus_is_refused(tmp_path: Path) -> None:
     # Before: the corpus was replaced by the report.
     assert_one_line_error(invoke("profile", "--corpus", str(corpus), "-o", str(corpus), "--force"), contains="--corpus input")
     assert corpus.read_text() == text
+
+
+def test_profile_output_equal_to_the_first_parallel_file_is_refused(tmp_path: Path) -> None:
+    tr, en = tmp_path / "tr.txt", tmp_path / "en.txt"
+    tr.write_text("Merhaba dünya.\nBugün hava güzel.\n", encoding="utf-8")
+    en.write_text("Hello world.\nThe weather is nice today.\n", encoding="utf-8")
+    # Before: a dict comprehension with one static key kept only the last --parallel file, so -o onto the first
+    # (Turkish) file went through and replaced it.
+    result = invoke("profile", "--parallel", str(tr), str(en), "-o", str(tr), "--force")
+    assert_one_line_error(result, contains="--parallel input")
+    assert tr.read_text(encoding="utf-8").startswith("Merhaba")

@@ -167,11 +167,12 @@ def ensure_writable(path: Path, *, force: bool, folder: bool = False) -> None:
         raise TrdeployError(f"Cannot write to the folder {parent}: {exc.strerror or exc}.", hint="Choose a folder you can write to.") from None
 
 
-def refuse_input_as_output(output: Path | None, inputs: dict[str, Any]) -> None:
-    """Refuse `-o` naming one of the command's input files (it would be replaced by the report)."""
+def refuse_input_as_output(output: Path | None, inputs: dict[str, Any] | list[tuple[str, Any]]) -> None:
+    """Refuse `-o` naming one of the command's input files (it would be replaced by the report).
+    `inputs` maps option -> value, or lists (option, value) pairs for a repeated option."""
     if output is None:
         return
-    for option, value in inputs.items():
+    for option, value in inputs.items() if isinstance(inputs, dict) else inputs:
         if value is None:
             continue
         candidate = Path(str(value))

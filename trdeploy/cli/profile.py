@@ -98,8 +98,9 @@ def profile(
         raise TrdeployError("--field and --format apply to --corpus.", hint="Pass --corpus FILE.")
     if output is not None:
         ensure_writable(output, force=force)  # fail before minutes of tokenizing, not after
-        inputs = {"--corpus": corpus, "--parallel-tsv": parallel_tsv, **{"--parallel": p for p in (parallel or ())}}
-        refuse_input_as_output(output, {**inputs, **{"--tokenizer": t for t in (tokenizer or ())}})
+        inputs = [("--corpus", corpus), ("--parallel-tsv", parallel_tsv)]
+        inputs += [("--parallel", p) for p in parallel or ()] + [("--tokenizer", t) for t in tokenizer or ()]
+        refuse_input_as_output(output, inputs)
 
     if parallel is not None:
         source = parallel_corpus(parallel[0], parallel[1], limit=limit)

@@ -340,7 +340,7 @@ def load_model(path: Path, *, device: Any) -> Any:
 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, RuntimeError, safetensors' SafetensorError (a plain Exception)
+    except Exception as exc:
         raise TrdeployError(f"Cannot load the weights in {path}: {str(exc).splitlines()[0][:200]}", hint="Check that the *.safetensors files are complete.") from exc
     model.eval()
     if device.type != "cpu":

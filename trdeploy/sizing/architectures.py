@@ -281,7 +281,7 @@ def check_safetensors_file(path: Path) -> None:
     """Refuse a truncated or corrupt .safetensors file from its header and size alone (no tensor
     read): the tensors' data must end exactly where the file does, as the safetensors loader demands."""
     header = safetensors_header(path)
-    _, nbytes, _ = safetensors_totals([path])
+    safetensors_totals([path])  # validates every tensor entry (dtype, shape, offsets) with one-line errors
     ends = [int(info["data_offsets"][1]) for name, info in header.items() if name != "__metadata__" and isinstance(info, dict) and info.get("data_offsets")]
     with path.open("rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
