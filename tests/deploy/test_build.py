@@ -275,6 +275,20 @@ def test_bake_puts_the_folder_in_the_last_layer_offline(docker_client, vllm_base
     docker_client.images.remove(tag, force=True)
 
 
+def _image_file(docker_client, tag: str, path: str) -> str:
+    import io
+    import tarfile
+
+    container = docker_client.containers.create(tag, entrypoint=["true"])
+    try:
+        stream, _ = container.get_archive(path)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.getmembers()[0]
+            return tar.extractfile(member).read().decode()
+    finally:
+        container.remove(force=True)
+
+
 def test_download_token_is_in_no_layer_and_no_history(docker_client, vllm_base_image, tmp_path):
     profile = _profile()
     token = "hf_" + secrets.token_hex(16)
@@ -284,8 +298,9 @@ def test_download_token_is_in_no_layer_and_no_history(docker_client, vllm_base_i
                  "--model-source", "download", "--revision", "v1.0", env={"HF_TOKEN": token})
     assert out["builder"] == "buildkit"
     model = "/models/Meta-Llama-3-8B-Instruct"
-    got = docker_client.containers.run(tag, entrypoint=["cat", f"{model}/token-received", f"{model}/config.json"],
-                                       remove=True, network_mode="host").decode()
+    # Read the files from the image's filesystem, not from a container's log: a last line without a
+    # newline (config.json) was once missing from `containers.run`'s output.
+    got = _image_file(docker_client, tag, f"{model}/token-received") + _image_file(docker_client, tag, f"{model}/config.json")
     assert f"length={len(token)}" in got  # the secret reached the download step
     assert '"revision": "v1.0"' in got
     assert docker_client.images.get(tag).labels["io.trdeploy.model.revision"] == "v1.0"
