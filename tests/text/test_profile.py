@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import assert_one_line_error, invoke
 from conftest import run_cli
 
 from trdeploy.errors import TrdeployError
@@ -459,6 +460,17 @@ def test_parallel_corpus_api_counts_blank_pairs(tmp_path):
 )
 def test_bad_input_is_one_line_exit_2(args, needles):
     assert_user_error(run_cli("profile", *args, env=OFFLINE, cwd=DATA.parent.parent), *needles)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--limit", "0"), ("--min-count", "0"), ("--top-words", "-1"), ("--resamples", "99"), ("--seed", "-1"), ("--tr-column", "0")],
+)
+def test_out_of_range_option_is_one_line_naming_the_flag(flag, value):
+    # ProfileRequest checks the range; main turns its ValidationError into one line naming the flag.
+    result = invoke("profile", flag, value)
+    assert_one_line_error(result, contains=f"{flag}: ")
+    assert "See `trdeploy profile --help`" in result.stderr
 
 
 def test_bad_tiktoken_file(tmp_path):

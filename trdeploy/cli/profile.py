@@ -5,15 +5,20 @@ from __future__ import annotations
 import inspect
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt
+from trdeploy.args import default
+from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt, choices, opt
 from trdeploy.errors import TrdeployError
 from trdeploy.output import emit, ensure_writable, progress, refuse_input_as_output, to_json, warn, write_atomic
+from trdeploy.text.request import DEFAULT_TOKENIZER, CorpusFormat, ProfileRequest
+
+Format = choices("Format", get_args(CorpusFormat))
+R = ProfileRequest
 
 EXAMPLES = """
 [bold]Examples[/]
@@ -29,43 +34,21 @@ EXAMPLES = """
 
 
 def profile(
-    tokenizer: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--tokenizer",
-            "-t",
-            help="llama3 (default), llama4, a folder with tokenizer.json, a tiktoken BPE file, or a hub model id "
-            "(org/name or org/name@revision). Repeat for a side-by-side table.",
-            show_default=False,
-        ),
-    ] = None,
-    corpus: Annotated[
-        str | None,
-        typer.Option(
-            "--corpus",
-            help="Turkish text: .txt (a document a line), .jsonl, .csv/.tsv, .parquet, or a hub dataset id.",
-        ),
-    ] = None,
-    field: Annotated[
-        str | None, typer.Option("--field", help="Text field/column of a JSONL, CSV, Parquet or hub dataset ('messages' for chats). Default: text, else messages.")
-    ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="Corpus format: auto (by extension), text, jsonl, csv, tsv, parquet.")] = "auto",
-    split: Annotated[str, typer.Option("--split", help="Split of a hub dataset.")] = "train",
-    subset: Annotated[str | None, typer.Option("--subset", help="Configuration (subset) of a hub dataset.")] = None,
-    parallel: Annotated[
-        tuple[Path, Path] | None,
-        typer.Option("--parallel", help="Two line-aligned files, Turkish then English (the FLORES layout).", metavar="TR_FILE EN_FILE"),
-    ] = None,
-    parallel_tsv: Annotated[
-        Path | None, typer.Option("--parallel-tsv", help="A TSV with Turkish and English columns (Tatoeba's layout is detected).")
-    ] = None,
-    tr_column: Annotated[int | None, typer.Option("--tr-column", help="1-based Turkish column of --parallel-tsv.")] = None,
-    en_column: Annotated[int | None, typer.Option("--en-column", help="1-based English column of --parallel-tsv.")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Read only the first N documents (pairs).")] = None,
-    min_count: Annotated[int, typer.Option("--min-count", help="Fragmented words: seen at least this often.")] = 5,
-    top_words: Annotated[int, typer.Option("--top-words", help="Fragmented words: how many to list (0: none).")] = 10,
-    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples for the premium's 95% interval.")] = 2000,
-    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    tokenizer: Annotated[list[str] | None, opt(R, "tokenizer", "--tokenizer", "-t", show_default=False)] = default(R, "tokenizer"),
+    corpus: Annotated[str | None, opt(R, "corpus")] = default(R, "corpus"),
+    field: Annotated[str | None, opt(R, "field")] = default(R, "field"),
+    fmt: Annotated[Format, opt(R, "fmt")] = default(R, "fmt"),
+    split: Annotated[str, opt(R, "split")] = default(R, "split"),
+    subset: Annotated[str | None, opt(R, "subset")] = default(R, "subset"),
+    parallel: Annotated[tuple[Path, Path] | None, opt(R, "parallel", metavar="TR_FILE EN_FILE")] = default(R, "parallel"),
+    parallel_tsv: Annotated[Path | None, opt(R, "parallel_tsv")] = default(R, "parallel_tsv"),
+    tr_column: Annotated[int | None, opt(R, "tr_column")] = default(R, "tr_column"),
+    en_column: Annotated[int | None, opt(R, "en_column")] = default(R, "en_column"),
+    limit: Annotated[int | None, opt(R, "limit")] = default(R, "limit"),
+    min_count: Annotated[int, opt(R, "min_count")] = default(R, "min_count"),
+    top_words: Annotated[int, opt(R, "top_words")] = default(R, "top_words"),
+    resamples: Annotated[int, opt(R, "resamples")] = default(R, "resamples"),
+    seed: Annotated[int, opt(R, "seed")] = default(R, "seed"),
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     force: ForceOpt = False,
@@ -81,37 +64,46 @@ def profile(
     from trdeploy.text.inflation import measure, summarize
     from trdeploy.text.tokenizers import load_tokenizer
 
-    chosen = [name for name, value in (("--corpus", corpus), ("--parallel", parallel), ("--parallel-tsv", parallel_tsv)) if value]
+    req = ProfileRequest(
+        tokenizer=tokenizer,
+        corpus=corpus,
+        field=field,
+        fmt=getattr(fmt, "value", fmt),
+        split=split,
+        subset=subset,
+        parallel=parallel,
+        parallel_tsv=parallel_tsv,
+        tr_column=tr_column,
+        en_column=en_column,
+        limit=limit,
+        min_count=min_count,
+        top_words=top_words,
+        resamples=resamples,
+        seed=seed,
+    )
+    chosen = [name for name, value in (("--corpus", req.corpus), ("--parallel", req.parallel), ("--parallel-tsv", req.parallel_tsv)) if value]
     if len(chosen) > 1:
         raise TrdeployError(f"{' and '.join(chosen)} cannot be used together.", hint="Profile one corpus at a time.")
-    if min_count < 1:
-        raise TrdeployError(f"--min-count must be at least 1 (got {min_count}).", hint="Use e.g. 5.")
-    if top_words < 0:
-        raise TrdeployError(f"--top-words cannot be negative (got {top_words}).", hint="Use 0 to list none.")
-    if seed < 0:  # numpy's generators take no negative seed
-        raise TrdeployError(f"--seed must be 0 or more (got {seed}).", hint="E.g. --seed 0.")
-    if resamples < 100:
-        raise TrdeployError(f"--resamples must be at least 100 (got {resamples}).", hint="The default is 2000.")
-    if (tr_column is not None or en_column is not None) and parallel_tsv is None:
+    if (req.tr_column is not None or req.en_column is not None) and req.parallel_tsv is None:
         raise TrdeployError("--tr-column and --en-column apply to --parallel-tsv.", hint="Pass --parallel-tsv FILE.")
-    if (field or fmt != "auto") and corpus is None:
+    if (req.field or req.fmt != "auto") and req.corpus is None:
         raise TrdeployError("--field and --format apply to --corpus.", hint="Pass --corpus FILE.")
     if output is not None:
         ensure_writable(output, force=force)  # fail before minutes of tokenizing, not after
-        inputs = [("--corpus", corpus), ("--parallel-tsv", parallel_tsv)]
-        inputs += [("--parallel", p) for p in parallel or ()] + [("--tokenizer", t) for t in tokenizer or ()]
+        inputs = [("--corpus", req.corpus), ("--parallel-tsv", req.parallel_tsv)]
+        inputs += [("--parallel", p) for p in req.parallel or ()] + [("--tokenizer", t) for t in req.tokenizer or ()]
         refuse_input_as_output(output, inputs)
 
-    if parallel is not None:
-        source = parallel_corpus(parallel[0], parallel[1], limit=limit)
-    elif parallel_tsv is not None:
-        source = parallel_tsv_corpus(parallel_tsv, tr_column=tr_column, en_column=en_column, limit=limit)
-    elif corpus is not None:
-        source = open_corpus(corpus, field=field, fmt=fmt, split=split, subset=subset, limit=limit)
+    if req.parallel is not None:
+        source = parallel_corpus(req.parallel[0], req.parallel[1], limit=req.limit)
+    elif req.parallel_tsv is not None:
+        source = parallel_tsv_corpus(req.parallel_tsv, tr_column=req.tr_column, en_column=req.en_column, limit=req.limit)
+    elif req.corpus is not None:
+        source = open_corpus(req.corpus, field=req.field, fmt=req.fmt, split=req.split, subset=req.subset, limit=req.limit)
     else:
-        source = embedded_corpus(limit=limit)
+        source = embedded_corpus(limit=req.limit)
 
-    specs = list(dict.fromkeys(tokenizer or ["llama3"]))
+    specs = list(dict.fromkeys(req.tokenizer or [DEFAULT_TOKENIZER]))
     tokenizers = [load_tokenizer(spec) for spec in specs]
 
     started = time.perf_counter()
@@ -123,9 +115,9 @@ def profile(
             tokenizers,
             parallel=source.parallel,
             on_batch=lambda batch: bar.advance(task, batch.progress),
-            word_frequencies=top_words > 0,
+            word_frequencies=req.top_words > 0,
         )
-    profiles = summarize(measurements, tokenizers, min_count=min_count, top_words=top_words, resamples=resamples, seed=seed)
+    profiles = summarize(measurements, tokenizers, min_count=req.min_count, top_words=req.top_words, resamples=req.resamples, seed=req.seed)
     elapsed = time.perf_counter() - started
     for message in source.warnings:
         warn(message)
@@ -138,9 +130,9 @@ def profile(
             "word": WORD_DEFINITION,
             "tokens": "the tokenizer's own encode, without special tokens",
             "premium": "Turkish tokens / English tokens of the same content (ratio of sums)",
-            "premium_ci95": f"percentile bootstrap over documents, {resamples} resamples, seed {seed}"
+            "premium_ci95": f"percentile bootstrap over documents, {req.resamples} resamples, seed {req.seed}"
             + (f" (contiguous blocks above {BOOTSTRAP_MAX_UNITS} documents)" if source.documents > BOOTSTRAP_MAX_UNITS else ""),
-            "fragmented_words": f"words seen at least {min_count} times, most tokens (after a space) first",
+            "fragmented_words": f"words seen at least {req.min_count} times, most tokens (after a space) first",
         },
         "seconds": round(elapsed, 3),
         "results": [p.to_dict() for p in profiles],

@@ -23,16 +23,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from trdeploy.errors import TrdeployError
 from trdeploy.hub import hub_error, is_hub_id, not_cached_error
+from trdeploy.text.request import CorpusFormat
 
 BATCH_BYTES = 1 << 20  # about a megabyte of text per batch: big enough for threads, small enough to stream
 BATCH_DOCUMENTS = 16_384
 _READ_BLOCK = 1 << 20
 
-FORMATS = ("auto", "text", "jsonl", "csv", "tsv", "parquet")
+FORMATS: tuple[str, ...] = get_args(CorpusFormat)
 _SUFFIX_FORMAT = {
     ".txt": "text",
     ".text": "text",

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trdeploy.errors import TrdeployError
+from trdeploy.text.request import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, DEFAULT_MIN_COUNT, DEFAULT_TOP_WORDS
 
 try:  # the C helper behind Counter.update(iterable), without its per-call Python overhead
     from collections import _count_elements  # type: ignore[attr-defined]
@@ -50,11 +51,7 @@ WORD_DEFINITION = (
     "two runs joins them (Ankara'ya, TL'ye, 2024'te are one word; e-posta is two); punctuation is not a word"
 )
 PERCENTILES = (50, 90, 95, 99)
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
 BOOTSTRAP_MAX_UNITS = 20_000
-DEFAULT_MIN_COUNT = 5
-DEFAULT_TOP_WORDS = 10
 _WORD_CONTEXT = "x"  # a word is measured as it follows a space: tokens("x " + w) - tokens("x")
 
 
