@@ -11,19 +11,19 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from _bench_servers import free_port
 from conftest import ROOT, run_cli
 
+from trdeploy import hub
 from trdeploy.deploy.image import (
     DEFAULT_START_PERIOD_S,
     BuildOptions,
     choose_base,
-    is_hub_id,
     render_context,
     start_period_s,
 )
@@ -93,7 +93,7 @@ def test_dockerfiles_are_hadolint_clean_at_warning_level(tmp_path, source):
     options = BuildOptions(model_source=source, model_dir_name="m" if source == "bake" else None)
     for recipe in (BF16_H100, ROOT / "recipes" / "llama-3-70b-awq-h100-x2.yaml"):
         profile = _profile(recipe)
-        if source == "download" and not is_hub_id(profile.engine_args.model):
+        if source == "download" and not hub.is_hub_id(profile.engine_args.model, revision=False):
             options = options.model_copy(update={"model_repo": "org/model"})
         dockerfile = tmp_path / f"Dockerfile.{recipe.stem}.{source}"
         dockerfile.write_text(render_context(profile, options).files["Dockerfile"])
@@ -171,12 +171,6 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
 # --- real images on a real engine ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _build(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> dict:
     r = run_cli("build", *args, "--json", cwd=cwd, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -214,7 +208,7 @@ def _run_until_healthy(docker_client, image: str, *, command=None, user=None, en
 
 def test_mount_image_runs_the_profile_as_non_root_and_turns_healthy(docker_client, vllm_base_image):
     profile = _profile()
-    port = _free_port()
+    port = free_port()
     tag = f"trdeploy-test/mount:{port}"
     out = _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag, "--port", str(port))
     assert out["builder"] == "classic" and out["tag"] == tag and out["size_bytes"] > 0
@@ -257,7 +251,7 @@ def test_bake_puts_the_folder_in_the_last_layer_offline(docker_client, vllm_base
     model_dir.mkdir()
     (model_dir / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     (model_dir / "model.safetensors").write_bytes(os.urandom(256 * 1024))
-    port = _free_port()
+    port = free_port()
     tag = f"trdeploy-test/bake:{port}"
     out = _build(str(AWQ_L40S), "--base-image", vllm_base_image, "--tag", tag, "--port", str(port),
                  "--model-source", "bake", "--model-dir", str(model_dir))
@@ -292,7 +286,7 @@ def _image_file(docker_client, tag: str, path: str) -> str:
 def test_download_token_is_in_no_layer_and_no_history(docker_client, vllm_base_image, tmp_path):
     profile = _profile()
     token = "hf_" + secrets.token_hex(16)
-    port = _free_port()
+    port = free_port()
     tag = f"trdeploy-test/download:{port}"
     out = _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag, "--port", str(port),
                  "--model-source", "download", "--revision", "v1.0", env={"HF_TOKEN": token})

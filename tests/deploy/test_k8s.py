@@ -7,12 +7,12 @@ import importlib.util
 import json
 import math
 import re
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from _bench_servers import free_port
 
 from tests.conftest import ROOT, run_cli
 from trdeploy.deploy import vllm_metrics
@@ -326,12 +326,6 @@ def test_cli_validate_reports_versions(tmp_path):
 STANDIN_OPENAI_TAG = "trdeploy-test/vllm-openai:standin-openai"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _http_status(url: str, headers: dict | None = None) -> int:
     import urllib.error
     import urllib.request
@@ -373,7 +367,7 @@ def standin_openai_image(docker_client):
 def test_rendered_container_runs_and_bench_measures_it(docker_client, standin_openai_image, tmp_path):
     """Run the rendered pod's container spec as the kubelet would (image, command, args, env, user,
     read-only root, dropped capabilities, volumes), probe it with the rendered probes, then bench it."""
-    port = _free_port()
+    port = free_port()
     prof = _load()
     prof.prediction.startup = Startup(weights_load_s=1, read_gb_per_s=1, engine_init_s=1, compile_s=1, cold_s=3.0, warm_s=2.0, basis="stand-in")
     profile_path = tmp_path / "trdeploy.yaml"

@@ -128,10 +128,6 @@ def profile_sha256(profile: DeploymentProfile) -> str:
     return hashlib.sha256(profile.to_yaml().encode("utf-8")).hexdigest()
 
 
-def is_hub_id(model: str) -> bool:
-    return hub.is_hub_id(model, revision=False)
-
-
 def _driver_tuple(driver: str) -> tuple[int, ...]:
     return tuple(int(p) for p in driver.split("."))
 
@@ -189,14 +185,14 @@ def _model_argument(profile: DeploymentProfile, options: BuildOptions) -> tuple[
     if options.model_source == "download":
         path = f"{MODELS_ROOT}/{download_repo(profile, options).split('/')[-1]}"
         return path, path
-    if is_hub_id(model):
+    if hub.is_hub_id(model, revision=False):
         return model, None  # vLLM downloads into HF_HOME on the cache volume at first start
     return f"{MODELS_ROOT}/{PurePosixPath(model.rstrip('/')).name}", None  # mount the folder there
 
 
 def download_repo(profile: DeploymentProfile, options: BuildOptions) -> str:
     repo = options.model_repo or profile.engine_args.model
-    if not is_hub_id(repo):
+    if not hub.is_hub_id(repo, revision=False):
         raise TrdeployError(
             f"The profile's model {profile.engine_args.model!r} is a local folder, not a hub repository.",
             hint="Pass --model-repo ORG/NAME for --model-source download, or use --model-source bake --model-dir PATH.",
@@ -411,7 +407,7 @@ def render_context(profile: DeploymentProfile, options: BuildOptions) -> BuildCo
             "    TRANSFORMERS_OFFLINE=1",
         ]
     else:
-        if is_hub_id(profile.engine_args.model):
+        if hub.is_hub_id(profile.engine_args.model, revision=False):
             notes.append(
                 f"Weights are not in the image: vLLM downloads {profile.engine_args.model} into "
                 f"{CACHE_ROOT}/huggingface on first start; mount a volume at {CACHE_ROOT} and pass HF_TOKEN at run time."

@@ -155,11 +155,11 @@ def _target(profile: DeploymentProfile, opts: RenderOptions) -> tuple[int, str]:
     if opts.target_concurrency:
         return opts.target_concurrency, "--target-concurrency"
     pred = profile.prediction
-    plan = getattr(pred, "capacity", None)  # tune's capacity plan (profiles written before it have none)
+    plan = pred.capacity  # tune's capacity plan (profiles written before it have none)
     if plan is not None:
         return int(plan.per_replica_concurrency), f"profile prediction.capacity.per_replica_concurrency ({plan.basis or 'tune'})"
-    uncapped = getattr(pred, "sla_capacity_per_replica", None)
-    if isinstance(uncapped, int) and uncapped >= 1:
+    uncapped = pred.sla_capacity_per_replica
+    if uncapped is not None and uncapped >= 1:
         return uncapped, "profile prediction.sla_capacity_per_replica (highest per-replica concurrency meeting the SLA)"
     if pred.sla_max_concurrency:
         return int(pred.sla_max_concurrency), "profile prediction.sla_max_concurrency (highest per-replica concurrency meeting the SLA, capped at the planned load)"
@@ -203,7 +203,7 @@ def _plan(profile: DeploymentProfile, opts: RenderOptions) -> _Plan:
     name = _name(profile, opts)
 
     target, target_basis = _target(profile, opts)
-    plan = getattr(profile.prediction, "capacity", None)
+    plan = profile.prediction.capacity
     if plan is not None:
         planned, floor = plan.replicas_max, plan.replicas_min
     else:  # older profiles: the peak plan, and the average hour for the floor
@@ -433,15 +433,11 @@ def _fetch_container(profile: DeploymentProfile, p: _Plan, opts: RenderOptions, 
 
 
 
-def _is_hub_id(model: str) -> bool:
-    return hub.is_hub_id(model, revision=False)
-
-
 def model_argument(profile: DeploymentProfile) -> str:
     """`vllm serve`'s model inside the pod: a hub id as is (fetched into HF_HOME on the cache volume),
     a local checkpoint folder at /models/<folder name> on the cache volume."""
     model = profile.engine_args.model
-    if _is_hub_id(model):
+    if hub.is_hub_id(model, revision=False):
         return model
     return f"{MODEL_MOUNT}/{PurePosixPath(model.rstrip('/')).name}"
 
@@ -481,7 +477,7 @@ def _pod_spec(profile: DeploymentProfile, p: _Plan, opts: RenderOptions, *, comm
     if opts.runtime_class:
         spec["runtimeClassName"] = opts.runtime_class
     # Every pod loads its own shard, workers of a multi-node replica too: each fetches (idempotent on the PVC).
-    if _is_hub_id(profile.engine_args.model):
+    if hub.is_hub_id(profile.engine_args.model, revision=False):
         spec["initContainers"] = [_fetch_container(profile, p, opts, mounts)]
     spec["containers"] = [container]
     spec["volumes"] = volumes
@@ -808,13 +804,13 @@ def render(profile: DeploymentProfile, opts: RenderOptions | None = None) -> Ren
     if not _DNS_LABEL.match(opts.namespace) or opts.namespace == "default":
         raise TrdeployError(f"--namespace {opts.namespace!r} is not usable.", hint="Use a dedicated namespace (lowercase letters, digits, '-'), not 'default'.")
     p = _plan(profile, opts)
-    if opts.model_source == "download" and not _is_hub_id(profile.engine_args.model):
+    if opts.model_source == "download" and not hub.is_hub_id(profile.engine_args.model, revision=False):
         raise TrdeployError(
             f"The model {profile.engine_args.model} is a local path: an init container cannot download it.",
             hint="Copy it onto the cache volume and use --model-source pvc.",
         )
     warnings: list[str] = []
-    if not _is_hub_id(profile.engine_args.model):
+    if not hub.is_hub_id(profile.engine_args.model, revision=False):
         warnings.append(
             f"The model is the local folder {profile.engine_args.model}: copy it onto the cache volume as "
             f"{model_argument(profile).removeprefix(MODEL_MOUNT + '/')}/ (the pods read {model_argument(profile)})."
