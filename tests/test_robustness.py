@@ -412,3 +412,16 @@ def test_profile_output_equal_to_the_first_parallel_file_is_refused(tmp_path: Pa
     result = invoke("profile", "--parallel", str(tr), str(en), "-o", str(tr), "--force")
     assert_one_line_error(result, contains="--parallel input")
     assert tr.read_text(encoding="utf-8").startswith("Merhaba")
+
+
+def test_an_oserror_that_is_not_a_write_is_not_blamed_on_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trdeploy.sizing.tuning as tuning
+
+    def refused(*_args, **_kwargs):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(tuning, "tune", refused)
+    result = invoke("tune", "--gpu", "h100")
+    # Before: main's OSError handler called every OSError without a file name a failed write to stdout.
+    assert_one_line_error(result, contains="Connection refused")
+    assert "stdout" not in result.stderr

@@ -7,6 +7,7 @@ exit code 2, no traceback unless `--debug` (or TRDEPLOY_DEBUG=1).
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -91,6 +92,10 @@ def _command():
     return command
 
 
+# What a write to a full, over-quota or broken stdout raises; any other OSError is not blamed on stdout.
+_STDOUT_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EBADF})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, render `TrdeployError` as one line with exit code 2."""
     args = sys.argv[1:] if argv is None else argv
@@ -109,7 +114,12 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         silence_stdout()
         reason = exc.strerror or str(exc)
-        text = f"{exc.filename}: {reason}." if exc.filename else f"Cannot write the output (stdout): {reason}."
+        if exc.filename:
+            text = f"{exc.filename}: {reason}."
+        elif exc.errno in _STDOUT_WRITE_ERRNOS:
+            text = f"Cannot write the output (stdout): {reason}."
+        else:  # not a failed write: do not blame stdout
+            text = f"{reason} (run with --debug for the traceback)."
         err_console.print(f"[bold red]Error:[/] {escape(text)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (TrdeployError, ValidationError) as exc:
