@@ -16,7 +16,9 @@ from trdeploy import __version__
 from trdeploy.errors import TrdeployError
 from trdeploy.output import write_atomic
 
-SCHEMA_VERSION = 1
+# 2: the profile is complete for every command after tune: engine_args.served_model_name always set, the
+# tier's node facts (GPUs per node, driver, CUDA build) in `gpu`, the start-up budget, the capacity plan.
+SCHEMA_VERSION = 2
 
 # The allowed values, in one place: tune's options, the memory accounting and the profile read these.
 Quantization = Literal["none", "awq", "fp8"]  # weights: bf16, AWQ int4, fp8
@@ -33,7 +35,9 @@ class EngineArgs(_Strict):
     """vLLM engine arguments, named as `vllm serve` names them (`--max-model-len` is `max_model_len`)."""
 
     model: str
-    served_model_name: str | None = None
+    # Always set (tune writes the model id unless told otherwise): the name clients send, the metrics'
+    # model_name label, the same whether the weights are mounted, baked or downloaded.
+    served_model_name: str
     tensor_parallel_size: int = Field(1, ge=1)
     dtype: str = "auto"
     max_model_len: int = Field(..., ge=16)
@@ -82,12 +86,20 @@ class ModelInfo(_Strict):
 
 
 class GpuInfo(_Strict):
+    """The GPU tier and the facts about its nodes that `build` and `render-k8s` need (tune writes them from
+    the GPU catalog, trdeploy.sizing.gpus, or from `tune --driver/--cuda/--gpus-per-node`)."""
+
     tier: str
     count: int = Field(1, ge=1)
     name: str | None = None
     memory_gib: float | None = None
     node_labels: list[str] = Field(default_factory=list)
     hourly_usd: float | None = None
+    gpus_per_node: int = Field(..., ge=1)  # GPUs in one node of the tier
+    driver: str  # NVIDIA driver on the nodes (given, or the tier's assumed driver)
+    driver_source: str = ""  # "given" or "assumed for the tier"
+    cuda: str  # CUDA build of vLLM's image: the newest the driver runs
+    min_driver: str  # the driver that CUDA build needs (render-k8s keeps pods off older nodes)
 
 
 class Workload(_Strict):
@@ -118,6 +130,8 @@ class Startup(_Strict):
     compile_s: float = Field(..., ge=0)  # cold_s - warm_s: full torch.compile, first-start kernel JIT, cold Python caches
     cold_s: float = Field(..., ge=0)  # first start, empty compile cache
     warm_s: float = Field(..., ge=0)  # restart with the compile cache volume kept
+    budget_s: int = Field(..., ge=1)  # seconds a fresh container gets before failed health checks count
+    budget_basis: str = ""  # the margin over cold_s (trdeploy.sizing.startup.startup_budget_s)
     basis: str = ""  # where the numbers come from (measured point or assumption)
 
 
@@ -139,15 +153,15 @@ class CapacityPlan(_Strict):
 
 
 class Prediction(_Strict):
-    """What tune predicts. Fields added after schema 1 shipped are optional so older profiles still load.
+    """What tune predicts.
 
     - `sla_max_concurrency`: the highest per-replica concurrency at which the SLA holds *that this
       configuration admits* (capped by engine_args.max_num_seqs and the KV cache).
     - `sla_capacity_per_replica`: the same, independent of max_num_seqs (capped only by the KV cache at the
       typical request): what one replica can carry under the SLA. When tune chooses max_num_seqs itself it
       is at least this, so the two agree; with --max-num-seqs given they can differ. None: no SLA.
-    - `capacity`: the replicas for the traffic (min/max) at that per-replica load; None in older profiles.
-    - `startup`: predicted start-up seconds (trdeploy.sizing.startup); None in older profiles.
+    - `capacity`: the replicas for the traffic (min/max) at that per-replica load.
+    - `startup`: predicted start-up seconds and the start-up budget (trdeploy.sizing.startup).
     """
 
     weights_gib: float
@@ -164,9 +178,24 @@ class Prediction(_Strict):
     sla_met: bool | None = None
     sla_max_concurrency: int | None = None
     sla_capacity_per_replica: int | None = None
-    capacity: CapacityPlan | None = None
-    startup: Startup | None = None
+    capacity: CapacityPlan
+    startup: Startup
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+def check_schema_version(version: Any, where: Any) -> None:
+    """Profiles of another schema are refused in one line (no field-by-field guessing at what they meant)."""
+    if version == SCHEMA_VERSION:
+        return
+    if isinstance(version, int) and not isinstance(version, bool) and 1 <= version < SCHEMA_VERSION:
+        raise TrdeployError(
+            f"{where} is a schema {version} DeploymentProfile from an older trdeploy; this one reads schema {SCHEMA_VERSION}.",
+            hint="Re-run `trdeploy tune` (with the same options) to write it again.",
+        )
+    raise TrdeployError(
+        f"{where} has schema_version {str(version)[:20]!r}; this trdeploy reads schema {SCHEMA_VERSION}.",
+        hint="Write it with this trdeploy's `trdeploy tune`, or upgrade trdeploy.",
+    )
 
 
 class DeploymentProfile(_Strict):
@@ -211,6 +240,7 @@ class DeploymentProfile(_Strict):
             raise TrdeployError(f"{path} is not valid YAML ({exc.__class__.__name__}).", hint="Regenerate it with `trdeploy tune`.") from exc
         if not isinstance(data, dict):
             raise TrdeployError(f"{path} does not hold a DeploymentProfile mapping.", hint="Regenerate it with `trdeploy tune`.")
+        check_schema_version(data.get("schema_version"), path)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

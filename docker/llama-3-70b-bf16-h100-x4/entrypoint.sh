@@ -1,12 +1,19 @@
 #!/bin/sh
-# Rendered by trdeploy from DeploymentProfile llama-3-70b-bf16-h100-x4 (sha256 664d54dfebd5); do not edit.
-# Runs `vllm serve` with exactly the profile's engine arguments. Arguments given to `docker run`
-# are appended, and vLLM takes the last value of a repeated flag, so they override.
-# The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is
-# never baked into the image and never put on the command line (where `ps` would show it).
+# Rendered by trdeploy from a DeploymentProfile (sha256 1490e1b35b8f, /opt/trdeploy/trdeploy.yaml); do not edit.
+# Runs `vllm serve` with exactly the profile's engine arguments. Arguments given after the image name
+# (docker run, a pod's args) are appended, and vLLM takes the last value of a repeated flag, so they override.
+# The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is never
+# baked into the image and never put on the command line (where `ps` would show it).
 set -eu
+PROFILE_SHA256=1490e1b35b8f1eb815386e34b7eaefe6272eb3a62d8b0c728403981a4574089b
+if [ -n "${TRDEPLOY_EXPECT_PROFILE_SHA256:-}" ] && [ "${TRDEPLOY_EXPECT_PROFILE_SHA256}" != "$PROFILE_SHA256" ]; then
+  echo "trdeploy: this image was built from profile sha256 $PROFILE_SHA256, but TRDEPLOY_EXPECT_PROFILE_SHA256 asks for ${TRDEPLOY_EXPECT_PROFILE_SHA256}: build the image from the same profile the manifests were rendered from." >&2
+  exit 64
+fi
+# A fresh volume at /cache hides the image's cache folders: make them (as this user) before vLLM starts.
+mkdir -p "${HOME:-/cache/home}" "${XDG_CACHE_HOME:-/cache/xdg}" "${VLLM_CACHE_ROOT:-/cache/vllm}" "${FLASHINFER_WORKSPACE_BASE:-/cache/flashinfer}" "${TRITON_CACHE_DIR:-/cache/triton}" "${TORCHINDUCTOR_CACHE_DIR:-/cache/inductor}" "${HF_HOME:-/cache/huggingface}" 2>/dev/null || true
 if [ -z "${VLLM_API_KEY:-}" ] && [ -n "${VLLM_API_KEY_FILE:-}" ]; then
-  VLLM_API_KEY="$(cat "$VLLM_API_KEY_FILE")"
+  VLLM_API_KEY="$(cat "${VLLM_API_KEY_FILE}")"
   export VLLM_API_KEY
 fi
 if [ -z "${VLLM_API_KEY:-}" ]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compare `trdeploy bench` with `vllm bench serve` on the same vLLM server at the same load.
 #
-# Run ON THE GPU MACHINE from the repository root, where vLLM is installed (shared/tools/vllm-device:
+# Run ON THE GPU MACHINE from the repository root, where vLLM is installed (scripts/device/vllm:
 # PYTHONPATH=/tmp/site) and a vLLM server serves the model under the name `m` on localhost:8000:
 #
 #   MODEL=/tmp/m bash scripts/device/bench_compare.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start vLLM once, record its start-up, run a concurrency sweep of `vllm bench serve`, stop it.
-# Run ON THE GPU MACHINE from the repository root after shared/tools/vllm-device's `device.sh setup`:
+# Run ON THE GPU MACHINE from the repository root after scripts/device/vllm's `device.sh setup`:
 #   MODEL=/tmp/m RUNS="1:10 16:48" bash scripts/device/latency_sweep.sh NAME [vllm serve args]
 # Writes $OUT/NAME.log (server log), $OUT/NAME.sweep.jsonl (one line per bench run, scripts/device/latency_sweep.py)
 # and $OUT/NAME.startup.txt (process start -> /health seconds and vLLM's start-up lines).

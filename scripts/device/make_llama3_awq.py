@@ -4,7 +4,7 @@
     python3 scripts/device/make_llama3_awq.py OUT [--shape 8b|70b]
 
 Run on the GPU machine (random numbers are drawn on the GPU). Same layout as
-shared/tools/vllm-device/make_llama3_8b_awq.py, with the Llama-3-70B shapes as an option and shards of
+scripts/device/vllm/make_llama3_8b_awq.py, with the Llama-3-70B shapes as an option and shards of
 about 1.8 GB (one 40 GB safetensors file would need its size again in host memory to write). Weights are
 noise: for memory and speed measurements only (vLLM serves them with its Machete kernel on Hopper).
 On the lent H200 the 70B shape (39.77 GB, 21 shards) took 48 s.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start the real vLLM on a GPU machine, print its own memory lines, optionally compare benches, stop it.
 #
-# Run ON THE GPU MACHINE from the repository root, after shared/tools/vllm-device's `device.sh setup`
+# Run ON THE GPU MACHINE from the repository root, after scripts/device/vllm's `device.sh setup`
 # installed vLLM 0.25.0 into /tmp/site:
 #
 #   MODEL=/tmp/m bash scripts/device/vllm_measure.sh NAME --max-model-len 8192 --gpu-memory-utilization 0.90 [vllm args]

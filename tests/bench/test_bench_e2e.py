@@ -245,20 +245,15 @@ def test_poisson_for_a_duration_sends_about_rate_times_duration(vllm_like) -> No
 
 
 def test_profile_gives_sla_model_and_workload(vllm_like, tmp_path) -> None:
-    from trdeploy.deployment import SLA, DeploymentProfile, EngineArgs, GpuInfo, ModelInfo, Prediction, Workload
+    from trdeploy.deployment import SLA, DeploymentProfile, Workload
 
-    profile = DeploymentProfile(
-        name="tiny",
-        model=ModelInfo(id=REPO_ID, num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                        num_key_value_heads=2, head_dim=16, vocab_size=1200, max_position_embeddings=4096, num_parameters=1),
-        gpu=GpuInfo(tier="cpu"),
-        engine_args=EngineArgs(model="/models/tiny", served_model_name=REPO_ID, max_model_len=4096, max_num_seqs=8,
-                               max_num_batched_tokens=4096, gpu_memory_utilization=0.9),
-        workload=Workload(prompt_tokens=64, output_tokens=5, concurrency=2),
-        sla=SLA(ttft_p95_ms=0.001, tpot_ms=60000),
-        prediction=Prediction(weights_gib=0, kv_cache_gib=0, kv_cache_tokens=1, kv_bytes_per_token=1,
-                              max_concurrency={}, tpot_ms=1, ttft_ms=1, e2e_ms=1, output_tokens_per_s=1),
-    )  # fmt: skip
+    recipe = DeploymentProfile.load(Path(__file__).resolve().parents[2] / "recipes" / "llama-3-8b-bf16-h100.yaml")
+    profile = recipe.model_copy(update={
+        "name": "tiny",
+        "engine_args": recipe.engine_args.model_copy(update={"served_model_name": REPO_ID}),
+        "workload": Workload(prompt_tokens=64, output_tokens=5, concurrency=2),
+        "sla": SLA(ttft_p95_ms=0.001, tpot_ms=60000),
+    })  # fmt: skip
     path = profile.save(tmp_path / "trdeploy.yaml")
     r = bench("--url", vllm_like.url, "--profile", str(path), "--api", "completions", "--prompts", "corpus", "-n", "4", "--json")
     report = run_json(r)
@@ -266,6 +261,7 @@ def test_profile_gives_sla_model_and_workload(vllm_like, tmp_path) -> None:
     assert report["endpoint"]["model"] == REPO_ID and report["endpoint"]["model_source"] == "profile"
     assert report["sla"]["source"] == "profile" and report["sla"]["ttft_p95_ms"] == 0.001
     assert report["runs"][0]["load"]["concurrency"] == 2 and report["sampling"]["max_tokens"] == 5
+    assert report["load"] == {"source": "profile workload.concurrency (the load tune planned for)", "levels": ["concurrency 2"]}
     assert report["runs"][0]["total_output_tokens"] <= 4 * 5
     assert [c["name"] for c in report["runs"][0]["verdict"]["checks"] if not c["passed"]] == ["ttft_p95_ms"]
 

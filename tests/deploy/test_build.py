@@ -7,6 +7,7 @@ the image with the stand-in `vllm`, which records its argv, environment and UID 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -19,16 +20,13 @@ import pytest
 from _bench_servers import free_port
 from conftest import ROOT, run_cli
 
+from tests.deploy._http import http_status
 from trdeploy import hub
-from trdeploy.deploy.image import (
-    DEFAULT_START_PERIOD_S,
-    BuildOptions,
-    choose_base,
-    render_context,
-    start_period_s,
-)
-from trdeploy.deployment import DeploymentProfile, Startup
+from trdeploy.deploy import container as ct
+from trdeploy.deploy.image import BuildOptions, choose_base, default_tag, render_context, start_period_s
+from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
+from trdeploy.sizing.tuning import TuneRequest, tune
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 BF16_H100 = ROOT / "recipes" / "llama-3-8b-bf16-h100.yaml"
@@ -47,11 +45,11 @@ def _profile(path: Path = BF16_H100) -> DeploymentProfile:
     return DeploymentProfile.load(path)
 
 
-def _expected_argv(profile: DeploymentProfile, model: str, port: int) -> list[str]:
-    """Independently of the renderer: the profile's own serve command, model placed, name and port added."""
-    served = profile.engine_args.served_model_name or profile.model.id
-    engine = profile.engine_args.model_copy(update={"model": model, "served_model_name": served})
-    return [*engine.serve_command(), "--port", str(port)]
+def _expected_argv(profile: DeploymentProfile, model: str, *extra: str) -> list[str]:
+    """Independently of the renderer: the profile's own serve command with the model placed, the port, then
+    what `docker run` appended."""
+    engine = profile.engine_args.model_copy(update={"model": model})
+    return [*engine.serve_command(), "--port", "8000", *extra]
 
 
 # --- rendering (no engine) -------------------------------------------------------------------------
@@ -90,7 +88,7 @@ def _hadolint() -> str:
 @pytest.mark.parametrize("source", ["mount", "bake", "download"])
 def test_dockerfiles_are_hadolint_clean_at_warning_level(tmp_path, source):
     exe = _hadolint()
-    options = BuildOptions(model_source=source, model_dir_name="m" if source == "bake" else None)
+    options = BuildOptions(model_source=source)
     for recipe in (BF16_H100, ROOT / "recipes" / "llama-3-70b-awq-h100-x2.yaml"):
         profile = _profile(recipe)
         if source == "download" and not hub.is_hub_id(profile.engine_args.model, revision=False):
@@ -102,15 +100,23 @@ def test_dockerfiles_are_hadolint_clean_at_warning_level(tmp_path, source):
         assert "# syntax=" not in dockerfile.read_text()
 
 
-def test_base_image_follows_the_vllm_version_and_the_tiers_driver():
+def test_base_image_is_the_cuda_build_tune_chose_for_the_driver():
     profile = _profile()
-    assert choose_base(profile, BuildOptions())[:2] == ("vllm/vllm-openai:v0.25.0", "13.0")
+    assert (profile.gpu.cuda, profile.gpu.min_driver) == ("13.0", "580.65.06")
+    assert choose_base(profile, BuildOptions()) == "vllm/vllm-openai:v0.25.0"
     rtx = _profile(ROOT / "recipes" / "llama-3-8b-bf16-rtx4090.yaml")
-    assert choose_base(rtx, BuildOptions())[:2] == ("vllm/vllm-openai:v0.25.0-cu129", "12.9")
-    assert choose_base(profile, BuildOptions(driver="575.57.08"))[0] == "vllm/vllm-openai:v0.25.0-cu129"
-    assert choose_base(profile, BuildOptions(cuda="12.9"))[0] == "vllm/vllm-openai:v0.25.0-cu129"
+    assert (rtx.gpu.cuda, rtx.gpu.driver) == ("12.9", "575.51.03")
+    assert choose_base(rtx, BuildOptions()) == "vllm/vllm-openai:v0.25.0-cu129"
+    # The driver is tune's input (the nodes' nvidia-smi); build only reads what tune wrote.
+    old_nodes = tune(TuneRequest(gpu="h100", max_model_len=8192, driver="575.57.08")).profile
+    assert (old_nodes.gpu.cuda, old_nodes.gpu.min_driver, old_nodes.gpu.driver_source) == ("12.9", "575.51.03", "given (--driver)")
+    assert choose_base(old_nodes, BuildOptions()) == "vllm/vllm-openai:v0.25.0-cu129"
+    assert "needs NVIDIA driver >= 575.51.03" in render_context(old_nodes, BuildOptions()).files["Dockerfile"]
+    assert choose_base(tune(TuneRequest(gpu="h100", max_model_len=8192, cuda="12.9")).profile, BuildOptions()).endswith("-cu129")
     with pytest.raises(TrdeployError, match="older than every CUDA build"):
-        choose_base(profile, BuildOptions(driver="550.54.14"))
+        tune(TuneRequest(gpu="h100", max_model_len=8192, driver="550.54.14"))
+    with pytest.raises(TrdeployError, match=r"--cuda 13\.0 needs NVIDIA driver >= 580\.65\.06"):
+        tune(TuneRequest(gpu="h100", max_model_len=8192, driver="575.57.08", cuda="13.0"))
     pinned = "vllm/vllm-openai@sha256:" + "a" * 64
     context = render_context(profile, BuildOptions(base_image=pinned))
     assert context.files["Dockerfile"].count(f"FROM {pinned}\n") == 1
@@ -119,16 +125,25 @@ def test_base_image_follows_the_vllm_version_and_the_tiers_driver():
         render_context(profile, BuildOptions(base_image="registry:5000/vllm"))
 
 
-def test_start_period_uses_the_predicted_cold_start_else_the_default():
+def test_start_period_is_the_profiles_startup_budget():
+    for recipe in RECIPES:
+        profile = _profile(recipe)
+        startup = profile.prediction.startup
+        # tune's one margin function: 1.5 x the predicted cold start + 60 s, rounded up to 10 s
+        assert startup.budget_s == math.ceil((startup.cold_s * 1.5 + 60) / 10) * 10
+        assert start_period_s(profile) == startup.budget_s
+        assert f"--start-period={startup.budget_s}s" in render_context(profile, BuildOptions()).files["Dockerfile"]
     profile = _profile()
-    assert profile.prediction.startup is not None  # tune predicts it; recipes carry it
-    profile.prediction.startup = None  # a profile from before tune predicted start-up
-    assert start_period_s(profile) == DEFAULT_START_PERIOD_S
-    profile.prediction.startup = Startup(
-        weights_load_s=20, read_gb_per_s=1.0, engine_init_s=40, compile_s=60, cold_s=121, warm_s=61
-    )
-    assert start_period_s(profile) == 190  # 1.5 x 121 s, rounded up to 10 s
+    profile.prediction.startup.budget_s = 190
     assert "--start-period=190s" in render_context(profile, BuildOptions()).files["Dockerfile"]
+
+
+def test_default_tag_differs_by_model_source():
+    profile = _profile()
+    tags = {source: default_tag(profile, source) for source in ("mount", "bake", "download")}
+    assert len(set(tags.values())) == 3
+    digest = ct.profile_sha256(profile)[:12]
+    assert tags["download"] == f"trdeploy/llama-3-8b-bf16-h100:{digest}-download"
 
 
 def test_entrypoint_runs_exactly_the_profiles_serve_command_and_bakes_no_key():
@@ -137,7 +152,8 @@ def test_entrypoint_runs_exactly_the_profiles_serve_command_and_bakes_no_key():
         context = render_context(profile, BuildOptions())
         model = profile.engine_args.model
         placed = "/models/" + Path(model).name if model.startswith(("./", "../", "/")) else model
-        assert context.argv == _expected_argv(profile, placed, 8000)
+        assert context.argv == _expected_argv(profile, placed)
+        assert context.argv[context.argv.index("--served-model-name") + 1] == profile.model.id
         entry = context.files["entrypoint.sh"]
         assert '"$@"' in entry and "--api-key" not in entry
         assert "VLLM_API_KEY=" not in context.files["Dockerfile"]
@@ -156,13 +172,13 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
         (["build", str(bad), "--dry-run", "-o", str(tmp_path / "a")], "not a valid DeploymentProfile"),
         (["build", str(AWQ_L40S), "--model-source", "bake", "--dry-run", "-o", str(tmp_path / "b")], "does not exist"),
         (["build", str(AWQ_L40S), "--model-source", "download", "--dry-run", "-o", str(tmp_path / "c")], "local folder"),
-        (["build", str(BF16_H100), "--driver", "470.1", "--dry-run", "-o", str(tmp_path / "d")], "older than every"),
+        (["build", str(BF16_H100), "--driver", "470.1", "--dry-run", "-o", str(tmp_path / "d")], "No such option: --driver"),
     ]
     for args, message in cases:
         r = run_cli(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert message in r.stderr and "Traceback" not in r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 or "Usage:" in r.stderr, r.stderr
     assert not any(p.name in "abcd" for p in tmp_path.iterdir())
     r = run_cli("build", str(BF16_H100), env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
     assert r.returncode == 2 and "No Docker engine reachable" in r.stderr, r.stderr
@@ -178,12 +194,14 @@ def _build(*args: str, cwd: Path | None = None, env: dict[str, str] | None = Non
     return json.loads(r.stdout)
 
 
-def _run_until_healthy(docker_client, image: str, *, command=None, user=None, env=None, timeout=60):
+def _run_until_healthy(docker_client, image: str, *, command=None, user=None, env=None, volumes=None, timeout=60):
+    """Run the image as `docker run IMAGE COMMAND...` would, until its own HEALTHCHECK says healthy."""
     container = docker_client.containers.run(
         image,
         command=command,
         user=user,
         environment={"STANDIN_STARTUP_DELAY_S": "2", **(env or {})},
+        volumes=volumes,
         network_mode="host",
         detach=True,
         healthcheck={"interval": 1_000_000_000},  # probe each second; test, period, retries: the image's
@@ -196,7 +214,7 @@ def _run_until_healthy(docker_client, image: str, *, command=None, user=None, en
             health = container.attrs["State"].get("Health", {}).get("Status")
             if not states or states[-1] != health:
                 states.append(health)
-            if health == "healthy" or container.status == "exited":
+            if health in ("healthy", "unhealthy") or container.status == "exited":
                 break
             time.sleep(0.5)
         logs = container.logs().decode()
@@ -210,7 +228,7 @@ def test_mount_image_runs_the_profile_as_non_root_and_turns_healthy(docker_clien
     profile = _profile()
     port = free_port()
     tag = f"trdeploy-test/mount:{port}"
-    out = _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag, "--port", str(port))
+    out = _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag)
     assert out["builder"] == "classic" and out["tag"] == tag and out["size_bytes"] > 0
     image = docker_client.images.get(tag)
     config = image.attrs["Config"]
@@ -218,46 +236,85 @@ def test_mount_image_runs_the_profile_as_non_root_and_turns_healthy(docker_clien
     for key in TRDEPLOY_LABELS:
         assert labels[key], key
     assert labels["io.trdeploy.model"] == profile.model.id
+    assert labels["io.trdeploy.served-model-name"] == profile.engine_args.served_model_name == profile.model.id
     assert labels["io.trdeploy.gpu.tier"] == "h100" and labels["io.trdeploy.vllm.version"] == "0.25.0"
-    assert labels["io.trdeploy.profile.sha256"] == out["labels"]["io.trdeploy.profile.sha256"]
+    assert labels["io.trdeploy.profile.sha256"] == out["labels"]["io.trdeploy.profile.sha256"] == ct.profile_sha256(profile)
     for key in ("title", "description", "version", "created", "ref.name", "base.name"):
         assert labels[f"org.opencontainers.image.{key}"], key
     assert labels["org.opencontainers.image.ref.name"] == tag
-    assert config["User"] == "2000:0"
-    assert config["Healthcheck"]["StartPeriod"] == start_period_s(profile) * 1_000_000_000  # from prediction.startup
+    assert config["User"] == f"{ct.UID}:{ct.GID}" == "10001:0"
+    assert config["Healthcheck"]["StartPeriod"] == profile.prediction.startup.budget_s * 1_000_000_000
+    assert config["Entrypoint"] == [ct.ENTRYPOINT]
     assert not any(e.startswith(("VLLM_API_KEY", "HF_TOKEN")) for e in config["Env"])
 
+    # `docker run IMAGE --port N` moves the server, and the HEALTHCHECK follows it (probing 8000 would turn it unhealthy).
     key = "sk-" + secrets.token_hex(8)
-    record, states = _run_until_healthy(docker_client, tag, env={"VLLM_API_KEY": key})
-    assert record["argv"] == _expected_argv(profile, profile.engine_args.model, port)
-    assert record["uid"] == 2000 and record["gid"] == 0
+    record, states = _run_until_healthy(docker_client, tag, env={"VLLM_API_KEY": key}, command=["--port", str(port)])
+    assert record["argv"] == _expected_argv(profile, profile.engine_args.model, "--port", str(port))
+    assert record["uid"] == ct.UID and record["gid"] == ct.GID
     assert record["env"]["VLLM_API_KEY"] == key  # from `docker run`, read by vLLM itself
     assert all(record["writable"].values()) and "VLLM_CACHE_ROOT" in record["writable"]
-    assert record["env"]["VLLM_CACHE_ROOT"].startswith("/cache/")
+    assert {record["env"][var] for var in ct.CACHE_DIRS} == {f"/cache/{sub}" for sub in ct.CACHE_DIRS.values()}
     assert states[-1] == "healthy" and "starting" in states, states
 
     # An arbitrary UID (OpenShift) in group 0 can write every cache; `docker run` arguments override.
-    record, states = _run_until_healthy(docker_client, tag, user="123457:0", command=["--max-num-seqs", "3"])
+    record, states = _run_until_healthy(docker_client, tag, user="123457:0", command=["--max-num-seqs", "3", "--port", str(port)])
     assert record["uid"] == 123457
     assert all(record["writable"].values()), record["writable"]
-    assert record["argv"] == [*_expected_argv(profile, profile.engine_args.model, port), "--max-num-seqs", "3"]
+    assert record["argv"] == _expected_argv(profile, profile.engine_args.model, "--max-num-seqs", "3", "--port", str(port))
     assert states[-1] == "healthy"
     docker_client.images.remove(tag, force=True)
 
 
+def test_healthcheck_probes_the_port_the_server_uses(docker_client, vllm_base_image):
+    """The probe reads the server's --port (the last one wins, as in vLLM): it fails while that server
+    answers 503 and passes once it answers 200. A probe on 8000 or on the first --port would never pass."""
+    tag = "trdeploy-test/health:1"
+    _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag)
+    port = free_port()
+    container = docker_client.containers.run(tag, command=["--port", "1", "--port", str(port)], network_mode="host", detach=True,
+                                             environment={"STANDIN_STARTUP_DELAY_S": "4"})
+    try:
+        deadline = time.monotonic() + 20
+        while http_status(f"http://127.0.0.1:{port}/health") != 503:  # listening, still starting
+            assert time.monotonic() < deadline, container.logs().decode()[-2000:]
+            time.sleep(0.1)
+        assert container.exec_run(["python3", ct.HEALTHCHECK]).exit_code == 1
+        while http_status(f"http://127.0.0.1:{port}/health") != 200:
+            assert time.monotonic() < deadline, container.logs().decode()[-2000:]
+            time.sleep(0.2)
+        probe = container.exec_run(["python3", ct.HEALTHCHECK])
+        assert probe.exit_code == 0, probe.output
+    finally:
+        container.remove(force=True)
+        docker_client.images.remove(tag, force=True)
+
+
+def test_entrypoint_refuses_an_image_built_from_another_profile(docker_client, vllm_base_image):
+    tag = "trdeploy-test/identity:1"
+    _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag)
+    other = ct.profile_sha256(_profile(AWQ_L40S))
+    out = docker_client.containers.run(tag, environment={ct.EXPECT_PROFILE_ENV: other}, network_mode="host", detach=True)
+    try:
+        assert out.wait(timeout=30)["StatusCode"] == 64
+        assert "build the image from the same profile" in out.logs().decode()
+    finally:
+        out.remove(force=True)
+        docker_client.images.remove(tag, force=True)
+
+
 def test_bake_puts_the_folder_in_the_last_layer_offline(docker_client, vllm_base_image, tmp_path):
     profile = _profile(AWQ_L40S)
-    model_dir = tmp_path / "Meta-Llama-3-8B-Instruct-awq"
+    model_dir = tmp_path / "my-local-copy"  # any folder name: the image path follows the profile's model
     model_dir.mkdir()
     (model_dir / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     (model_dir / "model.safetensors").write_bytes(os.urandom(256 * 1024))
     port = free_port()
     tag = f"trdeploy-test/bake:{port}"
-    out = _build(str(AWQ_L40S), "--base-image", vllm_base_image, "--tag", tag, "--port", str(port),
-                 "--model-source", "bake", "--model-dir", str(model_dir))
-    assert out["model_in_image"] == "/models/Meta-Llama-3-8B-Instruct-awq"
-    record, states = _run_until_healthy(docker_client, tag)
-    assert record["argv"] == _expected_argv(profile, "/models/Meta-Llama-3-8B-Instruct-awq", port)
+    out = _build(str(AWQ_L40S), "--base-image", vllm_base_image, "--tag", tag, "--model-source", "bake", "--model-dir", str(model_dir))
+    assert out["model_in_image"] == "/models/Meta-Llama-3-8B-Instruct-awq" == ct.model_path(profile, weights_in_image=True)
+    record, states = _run_until_healthy(docker_client, tag, command=["--port", str(port)])
+    assert record["argv"] == _expected_argv(profile, "/models/Meta-Llama-3-8B-Instruct-awq", "--port", str(port))
     assert record["env"]["HF_HUB_OFFLINE"] == "1"
     assert states[-1] == "healthy"
     # The newest layer that adds bytes is the weights (a new checkpoint rebuilds only that layer).
@@ -288,7 +345,7 @@ def test_download_token_is_in_no_layer_and_no_history(docker_client, vllm_base_i
     token = "hf_" + secrets.token_hex(16)
     port = free_port()
     tag = f"trdeploy-test/download:{port}"
-    out = _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag, "--port", str(port),
+    out = _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag,
                  "--model-source", "download", "--revision", "v1.0", env={"HF_TOKEN": token})
     assert out["builder"] == "buildkit"
     model = "/models/Meta-Llama-3-8B-Instruct"
@@ -310,8 +367,8 @@ def test_download_token_is_in_no_layer_and_no_history(docker_client, vllm_base_i
     assert "download.py" in history and token not in history
     assert token not in json.dumps(docker_client.api.inspect_image(tag))
 
-    record, states = _run_until_healthy(docker_client, tag)
-    assert record["argv"] == _expected_argv(profile, model, port)
+    record, states = _run_until_healthy(docker_client, tag, command=["--port", str(port)])
+    assert record["argv"] == _expected_argv(profile, model, "--port", str(port))
     assert states[-1] == "healthy"
     docker_client.images.remove(tag, force=True)
 
@@ -331,11 +388,24 @@ def test_failed_step_is_one_line_and_leaves_no_tag(docker_client, tmp_path):
     r = run_cli("build", str(BF16_H100), "--base-image", shell_less, "--tag", tag)
     assert r.returncode == 2, r.stderr
     error = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(error) == 1 and "failed at step 5/" in error[0], r.stderr[-2000:]
+    assert len(error) == 1 and "failed at step 5/" in error[0] and "Fix the step" in error[0], r.stderr[-2000:]
     import docker
 
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(tag)
+
+
+@pytest.mark.parametrize("source", ["mount", "download"])  # the classic builder and BuildKit
+def test_base_image_that_cannot_be_pulled_names_the_way_out(docker_client, source):
+    """No registry is reachable here: the engine's real pull of a missing base fails, and the one line
+    says what to do (pre-pull, or --base-image with a local or mirrored image)."""
+    base = "registry.invalid/trdeploy-test/not-there:0"
+    r = run_cli("build", str(BF16_H100), "--base-image", base, "--tag", "trdeploy-test/nopull:1", "--model-source", source, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    error = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(error) == 1, r.stderr[-2000:]
+    assert f"The base image {base} is not on this engine and could not be pulled" in error[0]
+    assert "--base-image" in error[0] and "docker pull" in error[0] and "Fix the step" not in error[0]
 
 
 def test_push_failure_and_bad_tag_are_one_line(docker_client, vllm_base_image):

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import re
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from _bench_servers import free_port
 
 from tests.conftest import ROOT, run_cli
+from trdeploy.deploy import container as ct
 from trdeploy.deploy import vllm_metrics
+from trdeploy.deploy.image import default_tag
 from trdeploy.deploy.k8s import RenderOptions, file_texts, render
 from trdeploy.deploy.validate import CHECKOV_SKIPS, K8S_VERSIONS, validate_folder
 from trdeploy.deployment import DeploymentProfile, Startup
@@ -92,10 +91,15 @@ def test_validation_catches_a_broken_object(tmp_path):
         validate_folder(folder)
 
 
+def _two_gpu_nodes(path: Path = H100_70B_X4) -> DeploymentProfile:
+    prof = _load(path)
+    prof.gpu.gpus_per_node = 2  # what `tune --gpus-per-node 2` writes
+    return prof
+
+
 def test_multi_node_hpa_podmonitor_download_validate(tmp_path):
-    opts = RenderOptions(gpus_per_node=2, multi_node=True, autoscaler="hpa", monitor="podmonitor",
-                         model_source="download", runtime_class="nvidia")
-    rendered = render(_load(H100_70B_X4), opts)
+    opts = RenderOptions(multi_node=True, autoscaler="hpa", monitor="podmonitor", model_source="download", runtime_class="nvidia")
+    rendered = render(_two_gpu_nodes(), opts)
     lws = _kind(rendered, "LeaderWorkerSet")
     tmpl = lws["spec"]["leaderWorkerTemplate"]
     assert tmpl["size"] == 2
@@ -105,8 +109,10 @@ def test_multi_node_hpa_podmonitor_download_validate(tmp_path):
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
         assert pod["runtimeClassName"] == "nvidia"
         assert pod["initContainers"][0]["name"] == "fetch-model"  # each pod loads its shard from its own emptyDir
-    leader_cmd = tmpl["leaderTemplate"]["spec"]["containers"][0]["command"][-1]
-    assert "--tensor-parallel-size 4" in leader_cmd and "--distributed-executor-backend ray" in leader_cmd
+    leader = tmpl["leaderTemplate"]["spec"]["containers"][0]
+    # The leader runs the image's entrypoint (the profile's serve command) once Ray has every GPU.
+    assert leader["command"][-1].endswith(f'exec {ct.ENTRYPOINT} "$@"') and "GPU',0)>=4" in leader["command"][-1]
+    assert leader["args"] == ["sh", "--distributed-executor-backend", "ray"]
     assert "LWS_LEADER_ADDRESS" in tmpl["workerTemplate"]["spec"]["containers"][0]["command"][-1]
     assert lws["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"]["maxSurge"] == 0
     assert _kind(rendered, "Service")["spec"]["selector"]["trdeploy.io/role"] == "leader"
@@ -134,13 +140,11 @@ def test_deployment_follows_the_profile():
     assert terms[0]["matchExpressions"][0] == {"key": "nvidia.com/gpu.product", "operator": "In", "values": prof.gpu.node_labels}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
-    # engine arguments 1:1, served under the model id (metrics' model_name and what clients send)
-    assert c["command"] == ["vllm", "serve"]
-    args = c["args"]
-    assert args[0] == prof.engine_args.model
-    for flag, value in zip(prof.engine_args.to_cli_args()[::2], prof.engine_args.to_cli_args()[1::2], strict=True):
-        assert args[args.index(flag) + 1] == value
-    assert args[args.index("--served-model-name") + 1] == prof.model.id
+    # The pod runs the image's own entrypoint (the profile's serve command, served under the model id) as
+    # the contract's user; nothing is re-declared (no args, no cache variables: the image's ENV applies).
+    assert c["command"] == [ct.ENTRYPOINT] and "args" not in c
+    assert c["image"] == default_tag(prof, "mount")
+    assert not {e["name"] for e in c["env"]} & set(ct.CACHE_DIRS)
     # secrets by reference only, API key on by default
     env = {e["name"]: e for e in c["env"]}
     assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "api-key" and "value" not in env["VLLM_API_KEY"]
@@ -155,34 +159,50 @@ def test_deployment_follows_the_profile():
         assert c[probe]["httpGet"]["path"] == "/health"
     assert pod["terminationGracePeriodSeconds"] > rendered.facts["drain_s"]
     assert "vllm:num_requests_running" in c["lifecycle"]["preStop"]["exec"]["command"][-1]
-    # /dev/shm in memory, the compile cache on the shared volume
+    # /dev/shm in memory, the caches (hub cache included) on the shared volume at the contract's path
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols["dshm"]["emptyDir"]["medium"] == "Memory"
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    assert mounts["/cache"]["subPath"] == "compile-cache"
-    assert env["VLLM_CACHE_ROOT"]["value"].startswith("/cache")
+    assert mounts[ct.CACHE_ROOT]["name"] == "cache" and "subPath" not in mounts[ct.CACHE_ROOT]
+    assert vols["cache"]["persistentVolumeClaim"]["claimName"] == f"{dep['metadata']['name']}-cache"
+    assert ct.MODELS_ROOT not in mounts  # a hub model: fetched into HF_HOME on the cache volume
+    assert env[ct.EXPECT_PROFILE_ENV]["value"] == ct.profile_sha256(prof)
+    assert pod["securityContext"]["runAsUser"] == sc["runAsUser"] == ct.UID and pod["securityContext"]["runAsGroup"] == ct.GID
     pvc = _kind(rendered, "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def test_startup_budget_comes_from_the_prediction():
     prof = _load()
-    assert prof.prediction.startup is not None  # tune predicts it; recipes carry it
-    prof.prediction.startup = None  # a profile from before tune predicted start-up
-    fallback = render(prof)
-    assert any("conservative default" in w for w in fallback.warnings)
-    prof.prediction.startup = Startup(weights_load_s=20, read_gb_per_s=0.8, engine_init_s=60, compile_s=50,
-                                      cold_s=130.0, warm_s=80.0, basis="test")
     rendered = render(prof)
     probe = _container(_kind(rendered, "Deployment"))["startupProbe"]
-    budget = probe["failureThreshold"] * probe["periodSeconds"]
-    assert budget == math.ceil((130.0 * 1.5 + 60) / 10) * 10 == 260
-    assert not any("startupProbe budget" in w for w in rendered.warnings)
+    assert probe["failureThreshold"] * probe["periodSeconds"] == prof.prediction.startup.budget_s == rendered.facts["startup_budget_s"]
+    prof.prediction.startup = Startup(weights_load_s=20, read_gb_per_s=0.8, engine_init_s=60, compile_s=50,
+                                      cold_s=130.0, warm_s=80.0, budget_s=260, basis="test")
+    rendered = render(prof)
+    probe = _container(_kind(rendered, "Deployment"))["startupProbe"]
+    assert probe["failureThreshold"] * probe["periodSeconds"] == 260  # the profile's number, as the image's start period
     behavior = _kind(rendered, "ScaledObject")["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 80  # a new replica starts warm from the shared cache
     download = render(prof, RenderOptions(model_source="download"))
     behavior = _kind(download, "ScaledObject")["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 130  # ... or cold from an emptyDir
+
+
+def test_model_source_image_mounts_nothing_over_the_baked_weights():
+    prof = _load(ROOT / "recipes" / "llama-3-8b-awq-l40s.yaml")
+    rendered = render(prof, RenderOptions(model_source="image", image="reg/tr/llama:1-bake"))
+    pod = _kind(rendered, "Deployment")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["image"] == "reg/tr/llama:1-bake" and c["command"] == [ct.ENTRYPOINT] and "args" not in c
+    assert not any(m["mountPath"].startswith(ct.MODELS_ROOT) for m in c["volumeMounts"])
+    assert "initContainers" not in pod and "PersistentVolumeClaim" not in {o["kind"] for o in rendered.objects}
+    assert rendered.facts["model_in_container"] == "/models/Meta-Llama-3-8B-Instruct-awq" == ct.model_path(prof, weights_in_image=True)
+    # A local checkpoint on the shared volume is read at the same path the image would have it.
+    pvc_mode = render(prof)
+    mounts = {m["mountPath"]: m for m in _container(_kind(pvc_mode, "Deployment"))["volumeMounts"]}
+    assert mounts[ct.MODELS_ROOT] == {"name": "cache", "mountPath": ct.MODELS_ROOT, "subPath": "models", "readOnly": True}
+    assert any("models/Meta-Llama-3-8B-Instruct-awq/" in w for w in pvc_mode.warnings)
 
 
 def test_autoscaling_targets_the_sla_concurrency():
@@ -196,12 +216,6 @@ def test_autoscaling_targets_the_sla_concurrency():
     assert "vllm:num_requests_running" in q and "vllm:num_requests_waiting" in q
     assert f'model_name="{prof.model.id}"' in q
     assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (plan.replicas_min, plan.replicas_max)
-    # A profile from before the capacity plan: sla_capacity_per_replica, the peak plan and the average hour.
-    prof.prediction.capacity = None
-    legacy = _kind(render(prof), "ScaledObject")["spec"]
-    assert legacy["triggers"][0]["metadata"]["threshold"] == str(prof.prediction.sla_capacity_per_replica)
-    assert legacy["maxReplicaCount"] == prof.prediction.replicas
-    assert legacy["minReplicaCount"] == math.ceil(prof.prediction.replicas / prof.workload.peak_factor)
     prof = _load(ROOT / "recipes" / "llama-3-8b-awq-l40s.yaml")
     assert _kind(rendered, "PodDisruptionBudget")["spec"]["minAvailable"] == so["spec"]["minReplicaCount"]
     custom = render(prof, RenderOptions(replicas_min=2, replicas_max=5, target_concurrency=7, name="tr-llm", namespace="prod", image="reg/x:1"))
@@ -266,10 +280,12 @@ def _bad_profile(tmp_path: Path, edit) -> Path:
 @pytest.mark.parametrize(
     "edit, extra, message",
     [
-        (lambda d: d["gpu"].update(tier="tpu-v5", node_labels=["TPU"]), [], "Unknown GPU tier 'tpu-v5'"),
+        (lambda d: d["gpu"].pop("gpus_per_node"), [], "gpu.gpus_per_node: Field required"),
         (lambda d: d["gpu"].update(tier="tpu-v5", node_labels=[]), [], "GPU tier 'tpu-v5' has no nvidia.com/gpu.product node labels"),
         (lambda d: d.update(sla={}), [], "has no SLA"),
-        (lambda d: None, ["--gpus-per-node", "0"], "gpus-per-node"),
+        (lambda d: d.update(schema_version=1), [], "schema 1 DeploymentProfile from an older trdeploy"),
+        (lambda d: d["engine_args"].pop("served_model_name"), [], "engine_args.served_model_name: Field required"),
+        (lambda d: None, ["--model-source", "image"], "--model-source image needs --image"),
     ],
 )
 def test_bad_profiles_get_one_line_errors(tmp_path, edit, extra, message):
@@ -281,13 +297,19 @@ def test_bad_profiles_get_one_line_errors(tmp_path, edit, extra, message):
 
 
 def test_more_gpus_than_a_node_needs_multi_node(tmp_path):
-    proc = run_cli("render-k8s", str(H100_70B_X4), "-o", str(tmp_path / "out"), "--gpus-per-node", "2")
+    path = tmp_path / "two.yaml"
+    _two_gpu_nodes().save(path)
+    proc = run_cli("render-k8s", str(path), "-o", str(tmp_path / "out"))
     assert proc.returncode == 2
     line = " ".join(proc.stderr.split())
     assert "needs 4 GPUs per replica but a h100 node has 2" in line and "--multi-node" in line
-    proc = run_cli("render-k8s", str(H100_70B_X4), "-o", str(tmp_path / "out"), "--gpus-per-node", "2", "--multi-node", "--json")
+    proc = run_cli("render-k8s", str(path), "-o", str(tmp_path / "out"), "--multi-node", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["facts"]["kind"] == "LeaderWorkerSet"
+    # tune writes the node size: `tune --gpus-per-node 2` gives the same profile field
+    from trdeploy.sizing.tuning import TuneRequest, tune
+
+    assert tune(TuneRequest(gpu="h100", max_model_len=8192, gpus_per_node=2)).profile.gpu.gpus_per_node == 2
 
 
 def test_cli_folder_stream_and_force(tmp_path):
@@ -321,120 +343,3 @@ def test_cli_validate_reports_versions(tmp_path):
     assert v["checkov"]["skipped"] == sorted(CHECKOV_SKIPS) and v["checkov"]["failed"] == []
 
 
-# --- end to end: the rendered container in a real Docker engine -----------------------------------
-
-STANDIN_OPENAI_TAG = "trdeploy-test/vllm-openai:standin-openai"
-
-
-def _http_status(url: str, headers: dict | None = None) -> int:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
-@pytest.fixture(scope="module")
-def standin_openai_image(docker_client):
-    import io
-    import tarfile
-
-    import docker
-    from tests.deploy.conftest import ROOTFS_TAG
-
-    try:
-        docker_client.images.get(ROOTFS_TAG)
-    except docker.errors.ImageNotFound:
-        pytest.skip(f"local base {ROOTFS_TAG} is missing (scripts/ci/docker-engine.sh builds it)")
-    dockerfile = (f"FROM {ROOTFS_TAG}\nCOPY standin_openai.py /usr/local/bin/vllm\nRUN chmod 0755 /usr/local/bin/vllm\n"
-                  'ENTRYPOINT ["vllm", "serve"]\n').encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-        tar.add(Path(__file__).with_name("standin_openai.py"), arcname="standin_openai.py")
-    buf.seek(0)
-    docker_client.images.build(fileobj=buf, custom_context=True, tag=STANDIN_OPENAI_TAG, rm=True, network_mode="host", pull=False)
-    return STANDIN_OPENAI_TAG
-
-
-def test_rendered_container_runs_and_bench_measures_it(docker_client, standin_openai_image, tmp_path):
-    """Run the rendered pod's container spec as the kubelet would (image, command, args, env, user,
-    read-only root, dropped capabilities, volumes), probe it with the rendered probes, then bench it."""
-    port = free_port()
-    prof = _load()
-    prof.prediction.startup = Startup(weights_load_s=1, read_gb_per_s=1, engine_init_s=1, compile_s=1, cold_s=3.0, warm_s=2.0, basis="stand-in")
-    profile_path = tmp_path / "trdeploy.yaml"
-    prof.save(profile_path)
-    out = tmp_path / "k8s"
-    proc = run_cli("render-k8s", str(profile_path), "-o", str(out), "--image", standin_openai_image, "--port", str(port))
-    assert proc.returncode == 0, proc.stderr
-    dep = next(yaml.safe_load_all((out / "deployment.yaml").read_text()))
-    pod = dep["spec"]["template"]["spec"]
-    c = pod["containers"][0]
-    secrets = {(f"{dep['metadata']['name']}-api-key", "api-key"): "sk-e2e-test"}
-    env = {}
-    for e in c["env"]:
-        if "valueFrom" in e:
-            ref = e["valueFrom"]["secretKeyRef"]
-            env[e["name"]] = secrets[(ref["name"], ref["key"])]
-        else:
-            env[e["name"]] = e["value"]
-    env["STANDIN_STARTUP_DELAY_S"] = "3"  # /health answers 503 first, as vLLM does while loading
-    sc = c["securityContext"]
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    tmpfs = {}
-    for m in c["volumeMounts"]:
-        if m["mountPath"] == "/dev/shm":
-            continue
-        assert m["name"] in volumes
-        tmpfs[m["mountPath"]] = f"rw,size=256m,uid={sc['runAsUser']},gid={sc['runAsGroup']},mode=0770"
-    shm = volumes["dshm"]["emptyDir"]["sizeLimit"]
-    container = docker_client.containers.run(
-        c["image"], entrypoint=c["command"], command=c["args"], environment=env, detach=True,
-        user=f"{sc['runAsUser']}:{sc['runAsGroup']}", read_only=sc["readOnlyRootFilesystem"],
-        cap_drop=sc["capabilities"]["drop"], security_opt=["no-new-privileges"], tmpfs=tmpfs,
-        shm_size=shm.replace("Gi", "g"), network_mode="host", name=f"trdeploy-k8s-e2e-{port}",
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        startup = c["startupProbe"]
-        budget = startup["failureThreshold"] * startup["periodSeconds"]
-        t0 = time.monotonic()
-        first_ok = None
-        saw_not_ready = False
-        while time.monotonic() - t0 < budget:
-            status = _http_status(base + startup["httpGet"]["path"])
-            if status == 200:
-                first_ok = time.monotonic() - t0
-                break
-            saw_not_ready = saw_not_ready or status == 503
-            container.reload()
-            assert container.status in ("created", "running"), container.logs().decode()[-2000:]
-            time.sleep(0.25)
-        assert first_ok is not None, f"startupProbe budget {budget} s passed: {container.logs().decode()[-2000:]}"
-        assert saw_not_ready and first_ok < budget
-        for probe in ("readinessProbe", "livenessProbe"):
-            assert _http_status(base + c[probe]["httpGet"]["path"]) == 200
-        assert _http_status(base + "/metrics") == 200  # open with --api-key, as the ServiceMonitor needs
-        assert _http_status(base + "/v1/models") == 401  # the API key is on
-        assert _http_status(base + "/v1/models", {"Authorization": "Bearer sk-e2e-test"}) == 200
-        record = json.loads(next(line for line in container.logs().decode().splitlines() if line.startswith("STANDIN_OPENAI ")).split(" ", 1)[1])
-        assert record["uid"] == sc["runAsUser"] and record["api_key_set"]
-        assert len(record["writable"]) == 7 and all(record["writable"].values()), record  # caches land on volumes
-        assert record["argv"][:2] == ["serve", prof.engine_args.model]
-        bench = run_cli("bench", "--url", base, "--profile", str(profile_path), "-n", "24", "-c", "4",
-                        "--output-tokens", "16", "--json", env={"OPENAI_API_KEY": "sk-e2e-test"}, timeout=300)
-        assert bench.returncode in (0, 1), bench.stderr
-        run = json.loads(bench.stdout)["runs"][0]
-        assert run["completed"] == 24 and run["failed"] == 0
-        assert run["p95_ttft_ms"] > 0 and run["median_tpot_ms"] > 0
-        print(f"render-k8s e2e: /health 200 after {first_ok:.1f} s (budget {budget} s); bench p95 TTFT {run['p95_ttft_ms']:.1f} ms")
-    finally:
-        container.remove(force=True)

@@ -10,6 +10,7 @@ import yaml
 from conftest import run_cli
 
 from trdeploy.deployment import DeploymentProfile
+from trdeploy.errors import TrdeployError
 from trdeploy.sizing import startup as st
 from trdeploy.sizing.architectures import PRESETS
 from trdeploy.sizing.compare import compare
@@ -109,7 +110,7 @@ def test_default_sla_is_used_and_named():
 # --- Start-up -------------------------------------------------------------------------------------------------
 
 
-# Measured first starts of vLLM 0.25.0 (tests/data/vllm_measurements_h200.json `starts`; shared/calibration/vllm-0.25.0-h100.md):
+# Measured first starts of vLLM 0.25.0 (tests/data/vllm_measurements_h200.json `starts`; tests/data/vllm-0.25.0-h100.md):
 # (GB read, layers, read GB/s of that run, bare machine, /health seconds)
 MEASURED_STARTS = [
     ("h200 8B bf16, bare machine", 16.06, 32, 16.06 / 2.32, True, 228.6),
@@ -143,14 +144,33 @@ def test_startup_in_the_profile_scales_with_the_storage_and_the_model():
     assert "not yet measured on 2x h100" in big.prediction.startup.basis
 
 
-def test_profiles_without_the_new_fields_still_load(tmp_path):
-    data = yaml.safe_load(tune(TuneRequest(gpu="h100", max_model_len=8192)).profile.to_yaml())
-    for key in ("sla_capacity_per_replica", "capacity", "startup"):
-        data["prediction"].pop(key)
-    path = tmp_path / "old.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    old = DeploymentProfile.load(path)
-    assert old.prediction.capacity is None and old.prediction.sla_capacity_per_replica is None and old.prediction.startup is None
+def test_the_profile_is_complete_and_older_schemas_are_refused_in_one_line(tmp_path):
+    profile = tune(TuneRequest(gpu="rtx4090", max_model_len=8192, concurrency=32)).profile
+    # Everything the commands after tune read is written by tune, never defaulted downstream.
+    assert profile.schema_version == 2
+    assert profile.engine_args.served_model_name == profile.model.id
+    assert (profile.gpu.gpus_per_node, profile.gpu.cuda, profile.gpu.min_driver) == (8, "12.9", "575.51.03")
+    assert profile.prediction.startup.budget_s == math.ceil((profile.prediction.startup.cold_s * 1.5 + 60) / 10) * 10
+    # The load the user asked for is kept; rounding to whole replicas is the capacity plan's.
+    assert profile.workload.concurrency == 32
+    plan = profile.prediction.capacity
+    assert plan.peak_concurrency == 32 and plan.replicas_max * plan.per_replica_concurrency >= 32
+    assert profile.prediction.details["concurrency_per_replica"] * plan.replicas_max != 32  # 11 x 3: only the plan rounds
+    data = yaml.safe_load(profile.to_yaml())
+    for version in (1, 999, "2"):
+        path = tmp_path / f"v{version}.yaml"
+        path.write_text(yaml.safe_dump({**data, "schema_version": version}), encoding="utf-8")
+        with pytest.raises(TrdeployError) as err:
+            DeploymentProfile.load(path)
+        assert "\n" not in err.value.one_line()
+        assert ("Re-run `trdeploy tune`" in err.value.one_line()) == (version == 1)
+    for key in ("capacity", "startup"):
+        broken = yaml.safe_load(profile.to_yaml())
+        broken["prediction"].pop(key)
+        path = tmp_path / f"no-{key}.yaml"
+        path.write_text(yaml.safe_dump(broken), encoding="utf-8")
+        with pytest.raises(TrdeployError, match=f"prediction.{key}: Field required"):
+            DeploymentProfile.load(path)
 
 
 # --- GPU provenance and `tune --gpu all` --------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def test_tune_gpu_h100_alone_works_offline_and_fast(tmp_path):
     assert set(pred["max_concurrency"]) == {"at_max_model_len", "at_typical_request"}
     assert pred["kv_bytes_per_token"] == 128 * 1024  # GQA: 8 KV heads
     assert ea["tensor_parallel_size"] == data["gpu"]["count"] == 1
-    assert data["serve_command"].startswith("vllm serve meta-llama/Meta-Llama-3-8B-Instruct --tensor-parallel-size 1")
+    assert data["serve_command"].startswith("vllm serve meta-llama/Meta-Llama-3-8B-Instruct --served-model-name meta-llama/Meta-Llama-3-8B-Instruct --tensor-parallel-size 1")
     # The context came from words x the measured Turkish tokens per word on the llama3 tokenizer.
     w = data["workload"]
     assert w["context_words"] == 2000 and w["tokens_per_word"] > 1

@@ -35,6 +35,7 @@ class BenchPlan:
     gauge_interval_s: float = 0.0  # sample /metrics gauges during the run (0: only before and after)
     model_source: str = "flag"
     profile_defaults: tuple[str, ...] = ()
+    load_source: str = "default"  # where the load level came from: an option, the profile, or the default
     seed: int = 0
     http_client: str = "auto"
 
@@ -158,6 +159,7 @@ def _plan(
     workload as defaults) into a plan. Raises TrdeployError for anything a user can fix."""
     base_url, v1 = normalize_url(url)
     profile_defaults: list[str] = []
+    load_source = "--sweep" if sweep else "--request-rate" if request_rate is not None else "--concurrency" if concurrency is not None else "default (one request at a time)"
     sla_source = "none"
     p_sla = None
     model_source = "flag" if model else "server"
@@ -167,14 +169,20 @@ def _plan(
         prof = DeploymentProfile.load(profile)
         p_sla = prof.sla
         if model is None:
-            model = prof.engine_args.served_model_name or prof.engine_args.model
+            model = prof.engine_args.served_model_name  # what build's image and render-k8s's pods serve
             model_source = "profile"
         if output_tokens is None:
             output_tokens = prof.workload.output_tokens
             profile_defaults.append(f"max_tokens={output_tokens} (workload.output_tokens)")
-        if concurrency is None and request_rate is None and sweep is None and prof.workload.concurrency:
-            concurrency = prof.workload.concurrency
-            profile_defaults.append(f"concurrency={concurrency} (workload.concurrency)")
+        if concurrency is None and request_rate is None and sweep is None:
+            if prof.workload.concurrency:
+                concurrency = prof.workload.concurrency
+                profile_defaults.append(f"concurrency={concurrency} (workload.concurrency)")
+                load_source = "profile workload.concurrency (the load tune planned for)"
+            elif prof.prediction.capacity.peak_requests_per_s:
+                request_rate = prof.prediction.capacity.peak_requests_per_s
+                profile_defaults.append(f"request_rate={request_rate:g} (prediction.capacity.peak_requests_per_s)")
+                load_source = "profile prediction.capacity.peak_requests_per_s (the peak rate tune planned for, Poisson arrivals)"
     sla = SlaTargets(
         ttft_p95_ms=sla_ttft_p95_ms if sla_ttft_p95_ms is not None else (p_sla.ttft_p95_ms if p_sla else None),
         e2e_p95_ms=sla_e2e_p95_ms if sla_e2e_p95_ms is not None else (p_sla.e2e_p95_ms if p_sla else None),
@@ -289,6 +297,7 @@ def _plan(
         gauge_interval_s=gauge_interval_s,
         model_source=model_source,
         profile_defaults=tuple(profile_defaults),
+        load_source=load_source,
         seed=seed,
         http_client=http_client,
     )

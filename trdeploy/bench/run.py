@@ -282,6 +282,8 @@ def assemble_report(
         "percentiles": list(plan.percentiles),
         "word_pattern": WORD_PATTERN.pattern,
         "profile_defaults": list(plan.profile_defaults),
+        # The load every run used and where it came from (each run's own level is runs[i].load).
+        "load": {"source": plan.load_source, "levels": [load_label(spec) for spec in plan.loads]},
         "warmup": warmup,
         "sweep": {"parameter": plan.sweep_parameter, "values": [r["load"][plan.sweep_parameter] for r in runs]}
         if plan.sweep_parameter

@@ -32,8 +32,9 @@ app = typer.Typer(
     name="trdeploy",
     help=(
         "From a Turkish Llama-3 checkpoint to a vLLM service that meets its SLA.\n\n"
-        "profile: what Turkish text costs a tokenizer.  tune: exact vLLM engine arguments for a GPU tier.  "
-        "quantize: AWQ 4-bit with Turkish calibration.  bench: measure a live endpoint against the SLA."
+        "profile: what Turkish text costs a tokenizer.  tune: exact vLLM engine arguments for a GPU tier (writes the "
+        "DeploymentProfile).  quantize: AWQ 4-bit with Turkish calibration.  build: the serving image for a profile.  "
+        "render-k8s: Kubernetes manifests that run that image.  bench: measure a live endpoint against the SLA."
     ),
     no_args_is_help=True,
     add_completion=False,

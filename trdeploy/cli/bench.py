@@ -164,6 +164,8 @@ def _num(value: float | None, digits: int = 2) -> str:
 def render(console: Console, report: dict[str, Any], output: Path | None, plot: Path | None) -> None:
     ep = report["endpoint"]
     console.print(f"[bold]trdeploy bench[/]: {ep['model']} at {ep['url']} ({ep['api']}), prompts: {report['prompts']['description']}")
+    load = report["load"]
+    console.print(f"Load: {', '.join(load['levels'])} ({load['source']})", highlight=False)
     pcts = list(report["percentiles"])
     runs = report["runs"]
     for run in runs:

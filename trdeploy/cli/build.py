@@ -21,7 +21,6 @@ from trdeploy.output import emit, err_console
 BO = BuildOptions
 BR = BuildRequest
 ModelSource = choices("ModelSource", get_args(BO.model_fields["model_source"].annotation))
-Cuda = choices("Cuda", tuple(v for v in get_args(get_args(BO.model_fields["cuda"].annotation)[0])))
 
 
 def build(
@@ -36,19 +35,18 @@ def build(
     revision: Annotated[str | None, opt(BO, "revision")] = default(BO, "revision"),
     hf_token_file: Annotated[Path | None, opt(BR, "hf_token_file")] = default(BR, "hf_token_file"),
     base_image: Annotated[str | None, opt(BO, "base_image")] = default(BO, "base_image"),
-    cuda: Annotated[Cuda | None, opt(BO, "cuda")] = default(BO, "cuda"),
-    driver: Annotated[str | None, opt(BO, "driver")] = default(BO, "driver"),
-    served_model_name: Annotated[str | None, opt(BO, "served_model_name")] = default(BO, "served_model_name"),
-    port: Annotated[int, opt(BO, "port")] = default(BO, "port"),
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Render a build context for the profile and build the vLLM serving image.
 
-    The entrypoint runs `vllm serve` with exactly the profile's engine arguments (arguments after the
-    image name in `docker run` are appended and override); the API key comes from VLLM_API_KEY at run
-    time. Non-root user (any UID works), HEALTHCHECK on /health, one cache volume at /cache, OCI and
-    trdeploy labels. Build steps stream to stderr; --json prints the result on stdout.
+    The entrypoint runs `vllm serve` with exactly the profile's engine arguments and served model name
+    (arguments after the image name in `docker run` are appended and override, `--port` included: the
+    HEALTHCHECK follows it); the API key comes from VLLM_API_KEY at run time. The base image is vLLM's
+    release in the CUDA build the profile names (`tune --driver/--cuda`). Non-root user (any UID in
+    group 0 works), HEALTHCHECK on /health with the profile's start-up budget, one cache volume at
+    /cache, OCI and trdeploy labels. The default tag differs by --model-source. Build steps stream to
+    stderr; --json prints the result on stdout. `render-k8s` runs this same image.
 
     Examples:
 
@@ -58,9 +56,11 @@ def build(
 
         HF_TOKEN=hf_... trdeploy build trdeploy.yaml --model-source download --revision main
 
-        trdeploy build trdeploy.yaml --dry-run -o build-context/ --driver 575.57.08
+        trdeploy build trdeploy.yaml --dry-run -o build-context/
 
-        trdeploy build trdeploy.yaml --base-image vllm/vllm-openai@sha256:<digest> --cuda 12.9 --json
+        trdeploy build trdeploy.yaml --base-image registry.example.com/mirror/vllm-openai:v0.25.0 --json
+
+        docker run --gpus all -e VLLM_API_KEY=sk-... -v vllm-cache:/cache -p 8000:8000 trdeploy/NAME:HASH-mount
     """
     from trdeploy.deploy.docker_build import build as run_build
 
@@ -72,10 +72,6 @@ def build(
             model_repo=model_repo,
             revision=revision,
             base_image=base_image,
-            cuda=_value(cuda),
-            driver=driver,
-            served_model_name=served_model_name,
-            port=port,
         ),
         model_dir=model_dir,
         tag=tag,
@@ -111,7 +107,7 @@ def _render(console: Console, result) -> None:
             table.add_row("pushed", result.tag)
     else:
         table.add_row("context", f"{result.context_dir} ({', '.join(sorted(c.files))})")
-    table.add_row("base", c.base_image + (f"  (CUDA {c.cuda})" if c.cuda else ""))
+    table.add_row("base", c.base_image + f"  (CUDA {c.cuda})")
     table.add_row("model", f"{c.model_source}" + (f" -> {c.model_in_image}" if c.model_in_image else ""))
     table.add_row("health", f"/health, start period {c.start_period_s} s")
     console.print(table)

@@ -20,6 +20,9 @@ from trdeploy.output import atomic_directory, emit, warn
 
 HELP = (
     "Kubernetes manifests for a DeploymentProfile: the vLLM server, its autoscaling, monitoring and alerts.\n\n"
+    "The pods run the image `trdeploy build` made from the same profile (its entrypoint, user, paths and port), with "
+    "--model-source pvc or download for a `mount` build and --model-source image for a `bake`/`download` build; push it "
+    "and pass --image.\n\n"
     "Writes a kustomize folder: a Deployment (or a LeaderWorkerSet when a replica needs more GPUs than a node has, "
     "with --multi-node), Service, model-cache PVC, KEDA ScaledObject on vLLM's own in-flight requests (or "
     "--autoscaler hpa), PodDisruptionBudget, ServiceMonitor, PrometheusRule alerts derived from the SLA, "
@@ -34,6 +37,8 @@ HELP = (
   trdeploy render-k8s recipes/llama-3-8b-awq-l40s.yaml -o - | kubectl apply -f -
 
   trdeploy render-k8s trdeploy.yaml -o out/ --namespace prod --image registry.example/trdeploy/llama-8b:1 --replicas-min 2 --replicas-max 6
+
+  trdeploy render-k8s trdeploy.yaml -o out/ --model-source image --image registry.example/trdeploy/llama-8b:1-bake
 
   trdeploy render-k8s big.yaml -o out/ --multi-node --autoscaler hpa --json
 """
@@ -59,7 +64,6 @@ def render_k8s(
     replicas_min: Annotated[int | None, opt(R, "replicas_min")] = default(R, "replicas_min"),
     replicas_max: Annotated[int | None, opt(R, "replicas_max")] = default(R, "replicas_max"),
     target_concurrency: Annotated[int | None, opt(R, "target_concurrency")] = default(R, "target_concurrency"),
-    gpus_per_node: Annotated[int | None, opt(R, "gpus_per_node")] = default(R, "gpus_per_node"),
     multi_node: Annotated[bool, opt(R, "multi_node")] = default(R, "multi_node"),
     runtime_class: Annotated[str | None, opt(R, "runtime_class")] = default(R, "runtime_class"),
     model_source: Annotated[ModelSource, opt(R, "model_source")] = default(R, "model_source"),
@@ -86,7 +90,7 @@ def render_k8s(
     # A ValidationError here becomes the one-line error naming the option (trdeploy.cli.main).
     opts = RenderOptions(
         name=name, namespace=namespace, image=image, replicas_min=replicas_min, replicas_max=replicas_max,
-        target_concurrency=target_concurrency, gpus_per_node=gpus_per_node, multi_node=multi_node,
+        target_concurrency=target_concurrency, multi_node=multi_node,
         runtime_class=runtime_class, model_source=_value(model_source), storage_class=storage_class,
         cache_size_gi=cache_size_gi, api_key=api_key, api_key_secret=api_key_secret, hf_token_secret=hf_token_secret,
         autoscaler=_value(autoscaler), monitor=_value(monitor), prometheus_url=prometheus_url,

@@ -19,6 +19,7 @@ from trdeploy.sizing.request import TuneRequest
 Quant = choices("Quant", QUANTIZATIONS)
 KvDtype = choices("KvDtype", KV_CACHE_DTYPES)
 CompileCache = choices("CompileCache", get_args(CompileCacheLiteral))
+Cuda = choices("Cuda", get_args(get_args(TuneRequest.model_fields["cuda"].annotation)[0]))
 R = TuneRequest
 
 
@@ -48,6 +49,9 @@ def tune(
     weights_read_gbps: Annotated[float | None, opt(R, "weights_read_gbps")] = default(R, "weights_read_gbps"),
     name: Annotated[str | None, opt(R, "name")] = default(R, "name"),
     served_model_name: Annotated[str | None, opt(R, "served_model_name")] = default(R, "served_model_name"),
+    driver: Annotated[str | None, opt(R, "driver")] = default(R, "driver"),
+    cuda: Annotated[Cuda | None, opt(R, "cuda")] = default(R, "cuda"),
+    gpus_per_node: Annotated[int | None, opt(R, "gpus_per_node")] = default(R, "gpus_per_node"),
     output: OutputOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -67,6 +71,8 @@ def tune(
         trdeploy tune --gpu h100 --model llama-3.3-70b --quantization awq --requests-per-day 200000 --sla-ttft-p95-ms 2000
 
         trdeploy tune --gpu a100-80gb --model ./my-turkish-llama --max-model-len 16384 --kv-cache-dtype fp8 --json
+
+        trdeploy tune --gpu rtx4090 --driver 575.57.08 --served-model-name turkce-asistan -o trdeploy.yaml
 
         trdeploy tune --gpu all --quantization awq --requests-per-day 100000   # every tier side by side
     """
@@ -103,6 +109,9 @@ def tune(
         weights_read_gbps=weights_read_gbps,
         name=name,
         served_model_name=served_model_name,
+        driver=driver,
+        cuda=getattr(cuda, "value", cuda),
+        gpus_per_node=gpus_per_node,
     )
     if compare_all:
         from trdeploy.sizing.compare import compare

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel
 
 from trdeploy.args import Args, arg
-from trdeploy.deploy.image import BuildContext, BuildOptions, render_context
+from trdeploy.deploy.image import BuildContext, BuildOptions, default_tag, render_context
 from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
 from trdeploy.output import atomic_directory
@@ -50,7 +50,7 @@ class BuildRequest(Args):
     profile: Path = arg(..., help="DeploymentProfile written by `trdeploy tune` (trdeploy.yaml).")
     options: BuildOptions = BuildOptions()
     model_dir: Path | None = arg(None, help="bake: the local checkpoint folder.", default_note="the profile's model path")
-    tag: str | None = arg(None, help="Image tag.", default_note="trdeploy/PROFILE-NAME:PROFILE-HASH")
+    tag: str | None = arg(None, help="Image tag.", default_note="trdeploy/PROFILE-NAME:PROFILE-HASH-MODEL-SOURCE")
     push: bool = arg(False, help="Push the tag after the build (credentials from the docker config).")
     dry_run: bool = arg(False, help="Write the build context to -o DIR; build nothing, no engine needed.")
     output: Path | None = arg(None, flag="--output", help="Dry run: the folder to write the context into.")
@@ -78,7 +78,6 @@ class BuildResult(BaseModel):
             "files": sorted(c.files),
             "base_image": c.base_image,
             "cuda": c.cuda,
-            "driver_assumed": c.driver_assumed,
             "model_source": c.model_source,
             "model_in_image": c.model_in_image,
             "argv": c.argv,
@@ -92,11 +91,6 @@ class BuildResult(BaseModel):
             "build_seconds": self.build_seconds,
             "notes": c.notes,
         }
-
-
-def default_tag(profile: DeploymentProfile, context: BuildContext) -> str:
-    name = re.sub(r"[^a-z0-9._-]+", "-", profile.name.lower()).strip("-.") or "model"
-    return f"trdeploy/{name}:{context.labels['io.trdeploy.profile.sha256'][:12]}"
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -119,11 +113,9 @@ def write_context(context: BuildContext, dest: Path, model_dir: Path | None = No
 
 def render(req: BuildRequest) -> tuple[DeploymentProfile, BuildContext]:
     profile = DeploymentProfile.load(req.profile)
-    options = req.options
-    if options.model_source == "bake":
-        model_dir = _bake_dir(req, profile)
-        options = options.model_copy(update={"model_dir_name": model_dir.name})
-    return profile, render_context(profile, options)
+    if req.options.model_source == "bake":
+        _bake_dir(req, profile)
+    return profile, render_context(profile, req.options)
 
 
 def _bake_dir(req: BuildRequest, profile: DeploymentProfile) -> Path:
@@ -190,12 +182,29 @@ def _hf_token(req: BuildRequest) -> str | None:
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
 
 
-def _fail(what: str, tail: collections.deque[str]) -> TrdeployError:
+# What an engine says when the FROM image is neither local nor pullable (no registry, no network, a typo,
+# no credentials for a private mirror).
+_PULL_FAILED = re.compile(
+    r"pull access denied|manifest unknown|manifest for .* not found|repository does not exist|not found: manifest|"
+    r"failed to resolve source metadata|failed to do request|no such host|dial tcp|i/o timeout|connection refused|"
+    r"toomanyrequests|unauthorized|TLS handshake|error pulling image|failed to pull|Get \"?https://",
+    re.I,
+)
+
+
+def _fail(what: str, tail: collections.deque[str], base_image: str | None = None) -> TrdeployError:
     last = " | ".join([line for line in tail if line.strip()][-6:])
-    return TrdeployError(f"{what}; last lines: {last}" if last else what, hint="Fix the step and run `trdeploy build` again.")
+    text = f"{what}; last lines: {last}" if last else what
+    if base_image is not None and _PULL_FAILED.search(what + " " + last):
+        return TrdeployError(
+            f"The base image {base_image} is not on this engine and could not be pulled ({what[:300]}).",
+            hint=f"Pre-pull it (`docker pull {base_image}` where a registry is reachable, then `docker save`/`docker load`), "
+            "or pass --base-image with a local or mirrored image (REGISTRY/vllm/vllm-openai:TAG).",
+        )
+    return TrdeployError(text, hint="Fix the step and run `trdeploy build` again.")
 
 
-def _classic_build(client, context_dir: Path, labels: dict[str, str], on_line: LineSink) -> str:
+def _classic_build(client, context_dir: Path, labels: dict[str, str], on_line: LineSink, base_image: str) -> str:
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     image_id = None
     step = "the build"
@@ -206,7 +215,7 @@ def _classic_build(client, context_dir: Path, labels: dict[str, str], on_line: L
         for chunk in stream:
             if "error" in chunk:
                 tail.append(chunk["error"].strip())
-                raise _fail(f"Image build failed at {step}: {chunk['error'].strip()}", tail)
+                raise _fail(f"Image build failed at {step}: {chunk['error'].strip()}", tail, base_image if step == "the build" or step.startswith("step 1/") else None)
             text = chunk.get("stream") or chunk.get("status") or ""
             for line in text.splitlines():
                 if line.startswith("Step "):
@@ -220,13 +229,13 @@ def _classic_build(client, context_dir: Path, labels: dict[str, str], on_line: L
     except TrdeployError:
         raise
     except Exception as exc:  # engine went away mid-build, API error
-        raise _fail(f"Image build failed at {step}: {exc}", tail) from exc
+        raise _fail(f"Image build failed at {step}: {exc}", tail, base_image if step == "the build" or step.startswith("step 1/") else None) from exc
     if image_id is None:
         raise _fail("Image build finished without an image id", tail)
     return image_id
 
 
-def _buildkit_build(context_dir: Path, labels: dict[str, str], token: str | None, on_line: LineSink) -> str:
+def _buildkit_build(context_dir: Path, labels: dict[str, str], token: str | None, on_line: LineSink, base_image: str) -> str:
     prefix, extra_env = buildkit_command()
     with tempfile.TemporaryDirectory(prefix="trdeploy-build-") as private:
         os.chmod(private, 0o700)
@@ -252,7 +261,8 @@ def _buildkit_build(context_dir: Path, labels: dict[str, str], token: str | None
                 on_line(line)
         if proc.wait() != 0:
             failed = next((t for t in tail if "ERROR" in t or "failed to solve" in t), "a step failed")
-            raise _fail(f"Image build failed: {failed}", tail)
+            from_step = any(re.search(r"\[internal\] load metadata for|\[1/\d+\] FROM", t) for t in tail) and _PULL_FAILED.search(" ".join(tail))
+            raise _fail(f"Image build failed: {failed}", tail, base_image if from_step else None)
         if not iidfile.is_file():
             raise _fail("Image build finished without an image id", tail)
         return iidfile.read_text().strip()
@@ -282,7 +292,7 @@ def build(req: BuildRequest, on_line: LineSink = lambda line: None) -> BuildResu
     token = _hf_token(req) if context.needs_secrets else None
     if context.needs_secrets:
         buildkit_command()  # fail before contacting the engine for minutes
-    tag = req.tag or default_tag(profile, context)
+    tag = req.tag or default_tag(profile, req.options.model_source)
     if not _TAG_RE.match(tag):
         raise TrdeployError(f"--tag {tag!r} is not a valid image reference.", hint="Use [REGISTRY/]NAME[:TAG], lowercase.")
     client = docker_client()
@@ -295,10 +305,10 @@ def build(req: BuildRequest, on_line: LineSink = lambda line: None) -> BuildResu
         context_dir = Path(tmp)
         write_context(context, context_dir, model_dir)
         if context.needs_secrets:
-            image_id = _buildkit_build(context_dir, labels, token, on_line)
+            image_id = _buildkit_build(context_dir, labels, token, on_line, context.base_image)
             builder = "buildkit"
         else:
-            image_id = _classic_build(client, context_dir, labels, on_line)
+            image_id = _classic_build(client, context_dir, labels, on_line, context.base_image)
             builder = "classic"
     seconds = round(time.monotonic() - started, 1)
     repo, name = _split_tag(tag)

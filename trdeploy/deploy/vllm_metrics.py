@@ -53,9 +53,9 @@ class VllmMetrics:
     itl: Histogram  # per token
     e2e: Histogram
     queue_time: Histogram
-    health_path: str = "/health"
     metrics_path: str = "/metrics"
-    # Paths vLLM answers without the API key when started with --api-key.
+    # Paths vLLM answers without the API key when started with --api-key (/health: the container contract's
+    # HEALTH_PATH, trdeploy.deploy.container).
     open_paths: tuple[str, ...] = ("/health", "/metrics")
 
 

@@ -29,6 +29,15 @@ from trdeploy.errors import TrdeployError
 MiB = 1024**2
 GiB = 1024**3
 
+# CUDA builds of vLLM's release image (vllm/vllm-openai) and the NVIDIA Linux driver each needs: the
+# toolkits' own minimum (CUDA 13.0 GA: 580.65.06, CUDA 12.9 GA: 575.51.03, NVIDIA's CUDA release notes), not
+# the looser minor-version-compatibility floor, because Triton and FlashInfer JIT-compile PTX, which fails on
+# an older driver even where the runtime itself would load. From vLLM v0.20 the plain tag is the CUDA 13.0
+# build and `-cu129` the CUDA 12.9 build. tune picks the newest build the nodes' driver runs and writes it
+# (and its minimum driver) into the profile; `build` bases the image on it, `render-k8s` keeps the pods on
+# nodes whose driver is at least that.
+CUDA_MIN_DRIVER: dict[str, str] = {"13.0": "580.65.06", "12.9": "575.51.03"}
+
 DATASHEET_NOTE = "not measured: NVIDIA datasheet figures with the H100's fitted efficiencies"
 PRICE_NOTE = "typical on-demand USD per GPU-hour at specialist GPU clouds, list prices seen 2025-06; check your provider"
 
@@ -51,6 +60,14 @@ class GpuSpec:
     # vLLM 0.25 defaults `max_num_batched_tokens` to 8192 and `max_num_seqs` to 1024 for the OpenAI
     # server on GPUs with >= 70 GiB that are not A100s, else 2048 and 256 (EngineArgs.get_batch_defaults).
     vllm_large_defaults: bool = False
+    # NVIDIA driver assumed on the tier's nodes when `tune --driver` is not given. An assumption, not a
+    # measurement: data-centre tiers on current managed node images run the R580 branch (NVIDIA's long-term
+    # branch of 2025-26); consumer and older cloud tiers often stay on R575.
+    node_driver: str = "580.65.06"
+    # GPUs in the largest common node of the tier (HGX/DGX boards and the cloud shapes built on them: p5/a3
+    # for H100, p4d for A100, g6e for L40S, g6/g2 for L4, g5.48xlarge for A10G, 8-way 4090 servers).
+    # A replica with more GPUs spans nodes; `tune --gpus-per-node` replaces it.
+    gpus_per_node: int = 8
     # (fact, where it was measured) for every fact measured on this tier; see the module docstring.
     measured: tuple[tuple[str, str], ...] = ()
 
@@ -129,8 +146,8 @@ _CATALOG: tuple[GpuSpec, ...] = (
         vllm_large_defaults=True,
         measured=(
             ("memory", "tests/data/vllm_measurements.json (12 vLLM 0.25.0 start-ups, 1 and 2 GPUs)"),
-            ("speed", "shared/calibration/vllm-0.25.0-h100.md, tests/data/vllm_measurements.json benchmarks (Llama-3-8B bf16 and AWQ)"),
-            ("startup", "shared/calibration/vllm-0.25.0-h100.md (Llama-3-8B bf16, local disk, first start)"),
+            ("speed", "tests/data/vllm-0.25.0-h100.md, tests/data/vllm_measurements.json benchmarks (Llama-3-8B bf16 and AWQ)"),
+            ("startup", "tests/data/vllm-0.25.0-h100.md (Llama-3-8B bf16, local disk, first start)"),
             ("cuda_total", "torch.cuda.mem_get_info, driver 580.159.04"),
         ),
     ),
@@ -150,8 +167,8 @@ _CATALOG: tuple[GpuSpec, ...] = (
         architecture="hopper",
         vllm_large_defaults=True,
         measured=(
-            ("memory", "shared/calibration/vllm-0.25.0-h200.md (GPU KV cache size logged by vLLM 0.25.0, Llama-3-8B bf16 and Llama-3-70B AWQ)"),
-            ("speed", "shared/calibration/vllm-0.25.0-h200.md (vllm bench serve, Llama-3-8B bf16 and Llama-3-70B AWQ)"),
+            ("memory", "tests/data/vllm-0.25.0-h200.md (GPU KV cache size logged by vLLM 0.25.0, Llama-3-8B bf16 and Llama-3-70B AWQ)"),
+            ("speed", "tests/data/vllm-0.25.0-h200.md (vllm bench serve, Llama-3-8B bf16 and Llama-3-70B AWQ)"),
             ("startup", "tests/data/vllm_measurements_h200.json starts (Llama-3-8B bf16 bare machine, Llama-3-70B AWQ)"),
         ),
     ),
@@ -229,6 +246,7 @@ _CATALOG: tuple[GpuSpec, ...] = (
         interconnect="PCIe 4.0 x16",
         hourly_usd=1.01,
         architecture="ampere",
+        node_driver="575.51.03",
     ),
     GpuSpec(
         tier="rtx4090",
@@ -244,6 +262,7 @@ _CATALOG: tuple[GpuSpec, ...] = (
         interconnect="PCIe 4.0 x16 (no NVLink)",
         hourly_usd=0.69,
         architecture="ada",
+        node_driver="575.51.03",
     ),
 )
 
@@ -259,6 +278,22 @@ _ALIASES = {
     "4090": "rtx4090",
     "rtx-4090": "rtx4090",
 }
+
+
+def driver_tuple(driver: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in driver.split("."))
+
+
+def cuda_for_driver(driver: str) -> str:
+    """The newest CUDA build of vLLM's image that `driver` runs, or a one-line error."""
+    fits = [c for c, need in CUDA_MIN_DRIVER.items() if driver_tuple(driver) >= driver_tuple(need)]
+    if not fits:
+        oldest = min(CUDA_MIN_DRIVER.values(), key=driver_tuple)
+        raise TrdeployError(
+            f"Driver {driver} is older than every CUDA build of vLLM's image (the oldest needs >= {oldest}).",
+            hint="Upgrade the node driver, or pass --cuda with the build your nodes run (and build on your own --base-image).",
+        )
+    return max(fits, key=driver_tuple)
 
 
 def get_gpu(tier: str) -> GpuSpec:

@@ -4,7 +4,10 @@ decided in trdeploy.sizing.tuning."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import re
+from typing import ClassVar, Literal
+
+from pydantic import field_validator
 
 from trdeploy.args import Args, arg
 from trdeploy.deployment import KvCacheDtype, Quantization
@@ -88,4 +91,16 @@ class TuneRequest(Args):
         default_note="1 (a model-cache volume; local NVMe 2-7, a hub download 0.1-0.5)",
     )
     name: str | None = arg(None, help="Profile name.", default_note="model-quant-gpu")
-    served_model_name: str | None = arg(None, help="vLLM served_model_name (the name clients send).")
+    served_model_name: str | None = arg(None, help="vLLM served_model_name (the name clients send).", default_note="the model id")
+    driver: str | None = arg(
+        None, help="NVIDIA driver on the GPU nodes (what nvidia-smi prints): picks the CUDA build of the image.", default_note="assumed per GPU tier"
+    )
+    cuda: Literal["13.0", "12.9"] | None = arg(None, help="CUDA build of vLLM's image.", default_note="the newest the driver runs")
+    gpus_per_node: int | None = arg(None, ge=1, le=64, help="GPUs in one node of the tier.", default_note="8 for the known tiers")
+
+    @field_validator("driver")
+    @classmethod
+    def _driver(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d{1,4}(\.\d{1,4}){0,2}", value):
+            raise ValueError("driver must look like 580.65.06 (what nvidia-smi prints)")
+        return value

@@ -28,7 +28,7 @@ from typing import Any
 from trdeploy.deployment import SLA, CapacityPlan, DeploymentProfile, EngineArgs, GpuInfo, ModelInfo, Prediction, Workload
 from trdeploy.errors import TrdeployError
 from trdeploy.sizing.architectures import ResolvedModel, resolve_model
-from trdeploy.sizing.gpus import GiB, GpuSpec, get_gpu
+from trdeploy.sizing.gpus import CUDA_MIN_DRIVER, GiB, GpuSpec, cuda_for_driver, driver_tuple, get_gpu
 from trdeploy.sizing.latency import LatencyPrediction, predict_latency, step_model
 from trdeploy.sizing.memory import (
     CUDA_GRAPH_GIB,
@@ -347,6 +347,7 @@ def check_load_and_overrides(req: TuneRequest, gpu: GpuSpec) -> float:
         raise TrdeployError("Pass either --concurrency or --requests-per-day, not both.", hint="--concurrency is per deployment; --requests-per-day derives it.")
     util = req.gpu_memory_utilization if req.gpu_memory_utilization is not None else DEFAULT_GPU_MEMORY_UTILIZATION
     _check_utilization(util, gpu, req.gpus or 1)
+    node_facts(req, gpu, req.gpus or 1)  # --driver/--cuda: refused before any work
     mbt_user = req.max_num_batched_tokens
     seqs_user = req.max_num_seqs
     if mbt_user is not None and seqs_user is not None and mbt_user < seqs_user:
@@ -640,7 +641,7 @@ def build_profile(
     served, model_note = _served_model(model, plan.quantization)
     engine = EngineArgs(
         model=served,
-        served_model_name=req.served_model_name,
+        served_model_name=req.served_model_name or model.id,
         tensor_parallel_size=plan.tp,
         max_model_len=plan.max_model_len,
         max_num_seqs=plan.max_num_seqs,
@@ -723,19 +724,13 @@ def build_profile(
             tokenizer=model.tokenizer,
         ),
         quantization=plan.quantization,  # type: ignore[arg-type]
-        gpu=GpuInfo(
-            tier=gpu.tier,
-            count=plan.tp,
-            name=gpu.name,
-            memory_gib=round(gpu.memory_gib, 2),
-            node_labels=list(gpu.product_labels),
-            hourly_usd=gpu.hourly_usd,
-        ),
+        gpu=node_facts(req, gpu, plan.tp),
         engine_args=engine,
         workload=Workload(
             prompt_tokens=shape.prompt_tokens,
             output_tokens=shape.output_tokens,
-            concurrency=per_replica * replicas,
+            # What was asked (or the stated default), never rounded: rounding to whole replicas is the capacity plan's.
+            concurrency=traffic.total_concurrency,
             requests_per_day=req.requests_per_day,
             peak_factor=req.peak_factor,
             context_words=shape.context_words,
@@ -744,6 +739,34 @@ def build_profile(
         sla=sla,
         prediction=prediction,
         assumptions=assumptions,
+    )
+
+
+def node_facts(req: TuneRequest, gpu: GpuSpec, count: int) -> GpuInfo:
+    """The profile's `gpu` section: the tier, and the facts about its nodes that build and render-k8s read
+    (GPUs per node, the driver, the CUDA build of vLLM's image that driver runs and the driver it needs)."""
+    driver = req.driver or gpu.node_driver
+    if req.cuda is not None:
+        cuda = req.cuda
+        if req.driver is not None and driver_tuple(req.driver) < driver_tuple(CUDA_MIN_DRIVER[cuda]):
+            raise TrdeployError(
+                f"--cuda {cuda} needs NVIDIA driver >= {CUDA_MIN_DRIVER[cuda]}, and --driver is {req.driver}.",
+                hint="Leave --cuda out (tune picks the build the driver runs), or upgrade the nodes' driver.",
+            )
+    else:
+        cuda = cuda_for_driver(driver)
+    return GpuInfo(
+        tier=gpu.tier,
+        count=count,
+        name=gpu.name,
+        memory_gib=round(gpu.memory_gib, 2),
+        node_labels=list(gpu.product_labels),
+        hourly_usd=gpu.hourly_usd,
+        gpus_per_node=req.gpus_per_node or gpu.gpus_per_node,
+        driver=driver,
+        driver_source="given (--driver)" if req.driver else f"assumed for {gpu.tier} nodes (pass --driver)",
+        cuda=cuda,
+        min_driver=CUDA_MIN_DRIVER[cuda],
     )
 
 
