@@ -7,13 +7,29 @@ flags (vLLM's own names, underscores), so nothing downstream re-derives an engin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trdeploy import __version__
+from trdeploy import __version__, hub
 from trdeploy.errors import TrdeployError
+from trdeploy.fields import (
+    DriverVersion,
+    GiBAmount,
+    LabelValue,
+    Millis,
+    ModelRef,
+    Name,
+    Seconds,
+    ShortText,
+    Text,
+    Tier,
+    Version,
+    json_safe,
+    model_folder_name_ok,
+)
+from trdeploy.inputs import MAX_PROFILE_BYTES, load_yaml, read_limited
 from trdeploy.output import write_atomic
 
 # 2: the profile is complete for every command after tune: engine_args.served_model_name always set, the
@@ -28,26 +44,42 @@ KV_CACHE_DTYPES: tuple[str, ...] = get_args(KvCacheDtype)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # A profile is untrusted input: no unknown keys, no type coercion ("1" is not 1, true is not 1), no
+    # NaN or infinity; every string field has a kind (trdeploy.fields) with a character set and a length.
+    model_config = ConfigDict(extra="forbid", frozen=False, strict=True, allow_inf_nan=False)
+
+
+def _engine_model(value: str) -> str:
+    """A hub id, or a checkpoint folder whose last component is a usable folder name (it becomes /models/NAME)."""
+    if hub.is_hub_id(value, revision=False):
+        return value
+    name = value.rstrip("/").rsplit("/", 1)[-1]
+    if not model_folder_name_ok(name):
+        raise ValueError("must be a hub id (ORG/NAME) or a folder whose name is 1-128 of A-Z a-z 0-9 . _ - (not . or ..)")
+    return value
+
+
+EngineModel = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_engine_model)]
 
 
 class EngineArgs(_Strict):
     """vLLM engine arguments, named as `vllm serve` names them (`--max-model-len` is `max_model_len`)."""
 
-    model: str
+    model: EngineModel
     # Always set (tune writes the model id unless told otherwise): the name clients send, the metrics'
-    # model_name label, the same whether the weights are mounted, baked or downloaded.
-    served_model_name: str
-    tensor_parallel_size: int = Field(1, ge=1)
-    dtype: str = "auto"
-    max_model_len: int = Field(..., ge=16)
-    max_num_seqs: int = Field(..., ge=1)
-    max_num_batched_tokens: int = Field(..., ge=1)
+    # model_name label, the same whether the weights are mounted, baked or downloaded. Any printable text:
+    # every output quotes it for its language (trdeploy.deploy.container).
+    served_model_name: ShortText = Field(..., min_length=1)
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    dtype: Literal["auto", "bfloat16", "float16", "half", "float", "float32"] = "auto"
+    max_model_len: int = Field(..., ge=16, le=10_000_000)
+    max_num_seqs: int = Field(..., ge=1, le=1_000_000)
+    max_num_batched_tokens: int = Field(..., ge=1, le=100_000_000)
     gpu_memory_utilization: float = Field(..., gt=0.0, le=1.0)
     kv_cache_dtype: KvCacheDtype = "auto"
     # Only for what vLLM cannot detect from the checkpoint (online fp8). AWQ and compressed-tensors
     # checkpoints are detected by vLLM itself, so this stays None for them.
-    quantization: str | None = None
+    quantization: Literal["fp8"] | None = None
     enable_prefix_caching: bool | None = None
     enable_chunked_prefill: bool | None = None
 
@@ -68,71 +100,74 @@ class EngineArgs(_Strict):
         return ["vllm", "serve", self.model, *self.to_cli_args()]
 
 
+_ArchInt = Annotated[int, Field(ge=1, le=10_000_000)]
+
+
 class ModelInfo(_Strict):
     """What the profile was tuned for: the checkpoint and the architecture facts that matter for sizing."""
 
-    id: str
-    architecture: str = "LlamaForCausalLM"
-    num_hidden_layers: int
-    hidden_size: int
-    intermediate_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    vocab_size: int
-    max_position_embeddings: int
-    num_parameters: int
-    tokenizer: str | None = None
+    id: ModelRef
+    architecture: Name = "LlamaForCausalLM"
+    num_hidden_layers: _ArchInt
+    hidden_size: _ArchInt
+    intermediate_size: _ArchInt
+    num_attention_heads: _ArchInt
+    num_key_value_heads: _ArchInt
+    head_dim: _ArchInt
+    vocab_size: _ArchInt
+    max_position_embeddings: Annotated[int, Field(ge=1, le=100_000_000)]
+    num_parameters: Annotated[int, Field(ge=0, le=10**15)]
+    tokenizer: ShortText | None = None
 
 
 class GpuInfo(_Strict):
     """The GPU tier and the facts about its nodes that `build` and `render-k8s` need (tune writes them from
     the GPU catalog, trdeploy.sizing.gpus, or from `tune --driver/--cuda/--gpus-per-node`)."""
 
-    tier: str
-    count: int = Field(1, ge=1)
-    name: str | None = None
-    memory_gib: float | None = None
-    node_labels: list[str] = Field(default_factory=list)
-    hourly_usd: float | None = None
-    gpus_per_node: int = Field(..., ge=1)  # GPUs in one node of the tier
-    driver: str  # NVIDIA driver on the nodes (given, or the tier's assumed driver)
-    driver_source: str = ""  # "given" or "assumed for the tier"
-    cuda: str  # CUDA build of vLLM's image: the newest the driver runs
-    min_driver: str  # the driver that CUDA build needs (render-k8s keeps pods off older nodes)
+    tier: Tier
+    count: int = Field(1, ge=1, le=64)
+    name: ShortText | None = None
+    memory_gib: GiBAmount | None = None
+    node_labels: list[LabelValue] = Field(default_factory=list, max_length=32)
+    hourly_usd: Annotated[float, Field(ge=0, le=1_000_000)] | None = None
+    gpus_per_node: int = Field(..., ge=1, le=64)  # GPUs in one node of the tier
+    driver: DriverVersion  # NVIDIA driver on the nodes (given, or the tier's assumed driver)
+    driver_source: ShortText = ""  # "given" or "assumed for the tier"
+    cuda: Literal["13.0", "12.9"]  # CUDA build of vLLM's image: the newest the driver runs
+    min_driver: DriverVersion  # the driver that CUDA build needs (render-k8s keeps pods off older nodes)
 
 
 class Workload(_Strict):
-    prompt_tokens: int = Field(..., ge=1)
-    output_tokens: int = Field(..., ge=1)
-    concurrency: int | None = Field(None, ge=1)
-    requests_per_day: float | None = Field(None, ge=0)
-    peak_factor: float = Field(3.0, ge=1.0)
-    context_words: int | None = None
-    tokens_per_word: float | None = None
+    prompt_tokens: int = Field(..., ge=1, le=10_000_000)
+    output_tokens: int = Field(..., ge=1, le=10_000_000)
+    concurrency: int | None = Field(None, ge=1, le=1_000_000)
+    requests_per_day: float | None = Field(None, ge=0, le=1e12)
+    peak_factor: float = Field(3.0, ge=1.0, le=1000)
+    context_words: int | None = Field(None, ge=1, le=10_000_000)
+    tokens_per_word: float | None = Field(None, gt=0, le=1000)
 
 
 class SLA(_Strict):
     """Latency targets. Any unset target is not checked."""
 
-    ttft_p95_ms: float | None = Field(None, gt=0)
-    e2e_p95_ms: float | None = Field(None, gt=0)
-    tpot_ms: float | None = Field(None, gt=0)
+    ttft_p95_ms: float | None = Field(None, gt=0, le=1e9)
+    e2e_p95_ms: float | None = Field(None, gt=0, le=1e9)
+    tpot_ms: float | None = Field(None, gt=0, le=1e9)
 
 
 class Startup(_Strict):
     """Predicted seconds from container start until GET /health answers 200 (tune decides; build and
     render-k8s read it for the HEALTHCHECK start period and the startupProbe budget)."""
 
-    weights_load_s: float = Field(..., ge=0)  # checkpoint bytes over `read_gb_per_s`
-    read_gb_per_s: float = Field(..., gt=0)  # the storage bandwidth assumed for the weights
-    engine_init_s: float = Field(..., ge=0)  # process start, profile run, KV allocation, CUDA graphs, warm compile cache
-    compile_s: float = Field(..., ge=0)  # cold_s - warm_s: full torch.compile, first-start kernel JIT, cold Python caches
-    cold_s: float = Field(..., ge=0)  # first start, empty compile cache
-    warm_s: float = Field(..., ge=0)  # restart with the compile cache volume kept
-    budget_s: int = Field(..., ge=1)  # seconds a fresh container gets before failed health checks count
-    budget_basis: str = ""  # the margin over cold_s (trdeploy.sizing.startup.startup_budget_s)
-    basis: str = ""  # where the numbers come from (measured point or assumption)
+    weights_load_s: Seconds  # checkpoint bytes over `read_gb_per_s`
+    read_gb_per_s: float = Field(..., gt=0, le=10_000)  # the storage bandwidth assumed for the weights
+    engine_init_s: Seconds  # process start, profile run, KV allocation, CUDA graphs, warm compile cache
+    compile_s: Seconds  # cold_s - warm_s: full torch.compile, first-start kernel JIT, cold Python caches
+    cold_s: Seconds  # first start, empty compile cache
+    warm_s: Seconds  # restart with the compile cache volume kept
+    budget_s: int = Field(..., ge=10, le=86_400)  # seconds a fresh container gets before failed health checks count
+    budget_basis: Text = ""  # the margin over cold_s (trdeploy.sizing.startup.startup_budget_s)
+    basis: Text = ""  # where the numbers come from (measured point or assumption)
 
 
 class CapacityPlan(_Strict):
@@ -143,13 +178,19 @@ class CapacityPlan(_Strict):
     KV cache's capacity at the typical request); `replicas_max` serves the peak (`Prediction.replicas`),
     `replicas_min` the average load (peak / peak_factor); `basis` says how both were derived."""
 
-    per_replica_concurrency: int = Field(..., ge=1)  # requests in flight per replica the autoscaler targets
-    requests_per_s_per_replica: float = Field(..., ge=0)  # predicted throughput of one replica at that concurrency
-    replicas_min: int = Field(..., ge=1)
-    replicas_max: int = Field(..., ge=1)
-    peak_concurrency: float | None = None  # requests in flight at peak over all replicas (--concurrency, or Little's law)
-    peak_requests_per_s: float | None = None  # with --requests-per-day
-    basis: str = ""
+    per_replica_concurrency: int = Field(..., ge=1, le=1_000_000)  # requests in flight per replica the autoscaler targets
+    requests_per_s_per_replica: float = Field(..., ge=0, le=1e9)  # predicted throughput of one replica at that concurrency
+    replicas_min: int = Field(..., ge=1, le=10_000)
+    replicas_max: int = Field(..., ge=1, le=10_000)
+    peak_concurrency: float | None = Field(None, ge=0, le=1e9)  # requests in flight at peak over all replicas (--concurrency, or Little's law)
+    peak_requests_per_s: float | None = Field(None, ge=0, le=1e9)  # with --requests-per-day
+    basis: Text = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CapacityPlan:
+        if self.replicas_min > self.replicas_max:
+            raise ValueError(f"replicas_min {self.replicas_min} is above replicas_max {self.replicas_max}")
+        return self
 
 
 class Prediction(_Strict):
@@ -164,23 +205,29 @@ class Prediction(_Strict):
     - `startup`: predicted start-up seconds and the start-up budget (trdeploy.sizing.startup).
     """
 
-    weights_gib: float
-    kv_cache_gib: float
-    kv_cache_tokens: int
-    kv_bytes_per_token: int
-    max_concurrency: dict[str, float]
-    tpot_ms: float
-    ttft_ms: float
-    e2e_ms: float
-    output_tokens_per_s: float
-    replicas: int = 1
-    hourly_cost_usd: float | None = None
+    weights_gib: GiBAmount
+    kv_cache_gib: GiBAmount
+    kv_cache_tokens: int = Field(..., ge=0, le=10**12)
+    kv_bytes_per_token: int = Field(..., ge=0, le=10**9)
+    max_concurrency: dict[Annotated[str, Field(max_length=64)], Annotated[float, Field(ge=0, le=1e12)]] = Field(..., max_length=16)
+    tpot_ms: Millis
+    ttft_ms: Millis
+    e2e_ms: Millis
+    output_tokens_per_s: float = Field(..., ge=0, le=1e12)
+    replicas: int = Field(1, ge=1, le=10_000)
+    hourly_cost_usd: float | None = Field(None, ge=0, le=1e9)
     sla_met: bool | None = None
-    sla_max_concurrency: int | None = None
-    sla_capacity_per_replica: int | None = None
+    sla_max_concurrency: int | None = Field(None, ge=0, le=1_000_000)
+    sla_capacity_per_replica: int | None = Field(None, ge=0, le=1_000_000)
     capacity: CapacityPlan
     startup: Startup
+    # Free-form numbers for people (the memory breakdown, the latency of one replica): JSON-like, finite, shallow.
     details: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("details")
+    @classmethod
+    def _details(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return json_safe(value, "prediction.details")
 
 
 def check_schema_version(version: Any, where: Any) -> None:
@@ -200,9 +247,9 @@ def check_schema_version(version: Any, where: Any) -> None:
 
 class DeploymentProfile(_Strict):
     schema_version: int = SCHEMA_VERSION
-    name: str
-    created_by: str = f"trdeploy {__version__}"
-    vllm_version: str = "0.25.0"
+    name: Name
+    created_by: ShortText = f"trdeploy {__version__}"
+    vllm_version: Version = "0.25.0"
     model: ModelInfo
     quantization: Quantization = "none"
     gpu: GpuInfo
@@ -210,7 +257,7 @@ class DeploymentProfile(_Strict):
     workload: Workload
     sla: SLA = Field(default_factory=SLA)
     prediction: Prediction
-    assumptions: list[str] = Field(default_factory=list)
+    assumptions: list[Text] = Field(default_factory=list, max_length=256)
 
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentProfile:
@@ -231,22 +278,21 @@ class DeploymentProfile(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> DeploymentProfile:
+        """Read a profile as untrusted input: the size is checked before reading, nesting and aliases while
+        parsing (trdeploy.inputs), every field by its kind when validating; any problem is one line."""
         path = Path(path)
+        hint = "Regenerate it with `trdeploy tune`."
         if not path.is_file():
             raise TrdeployError(f"No DeploymentProfile at {path}.", hint="Run `trdeploy tune --gpu TIER -o trdeploy.yaml` first.")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise TrdeployError(f"{path} is not valid YAML ({exc.__class__.__name__}).", hint="Regenerate it with `trdeploy tune`.") from exc
+        text = read_limited(path, limit=MAX_PROFILE_BYTES, what="DeploymentProfile", hint=hint)
+        data = load_yaml(text, where=str(path), hint=hint)
         if not isinstance(data, dict):
-            raise TrdeployError(f"{path} does not hold a DeploymentProfile mapping.", hint="Regenerate it with `trdeploy tune`.")
+            raise TrdeployError(f"{path} does not hold a DeploymentProfile mapping.", hint=hint)
         check_schema_version(data.get("schema_version"), path)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise TrdeployError(
-                f"{path} is not a valid DeploymentProfile: {where}: {first['msg']}.",
-                hint="Regenerate it with `trdeploy tune`.",
-            ) from exc
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise TrdeployError(f"{path} is not a valid DeploymentProfile: {where}: {msg}.", hint=hint) from None

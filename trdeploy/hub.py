@@ -13,13 +13,14 @@ from pathlib import Path
 
 from trdeploy.errors import TrdeployError
 
-# org/name, optionally @branch, tag or commit.
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+# org/name, optionally @branch, tag or commit. Matched whole with fullmatch: `$` would also accept a
+# trailing newline, which then lands in generated files.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?", re.ASCII)
 
 
 def is_hub_id(spec: str, *, revision: bool = True, file_suffixes: Iterable[str] = ()) -> bool:
     """`org/name` (`org/name@rev` when `revision`); a name ending in one of `file_suffixes` is a file, not an id."""
-    if not HUB_ID.match(spec) or (not revision and "@" in spec):
+    if not HUB_ID.fullmatch(spec) or (not revision and "@" in spec):
         return False
     return Path(spec.partition("@")[0]).suffix.lower() not in {s.lower() for s in file_suffixes}
 

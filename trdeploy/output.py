@@ -70,6 +70,55 @@ def finite(value: Any) -> Any:
     return value
 
 
+def redact_url(url: str) -> str:
+    """`url` with any user name and password replaced by `***` (for reports, messages and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, "***@" + host, parts.path, parts.query, parts.fragment))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials a URL carries (user info, password), to scrub from anything written."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    if "@" not in parts.netloc:
+        return []
+    userinfo = parts.netloc.rsplit("@", 1)[0]
+    found = [userinfo, unquote(userinfo)]
+    if parts.password:
+        found += [parts.password, unquote(parts.password)]
+    return [x for x in found if x]
+
+
+def scrub(value: Any, secrets: list[str]) -> Any:
+    """`value` (strings, lists, dicts) with every occurrence of each secret in a text value replaced by `***`.
+    Keys are left alone, and so are secrets shorter than 4 characters (replacing those would mangle
+    ordinary text; the URL itself is redacted whole by `redact_url` wherever it is written)."""
+    secrets = sorted({x for x in secrets if len(x) >= 4}, key=len, reverse=True)
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {k: scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v, secrets) for v in value]
+    return value
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "model_dump"):
         return finite(value.model_dump(mode="json"))
@@ -212,30 +261,104 @@ def write_atomic(path: str | Path, content: str | bytes, *, force: bool = False)
     return path
 
 
+OUTPUT_MARKER = ".trdeploy-output"  # in every folder trdeploy writes: the files it wrote there
+
+
+def _folder_target(path: Path) -> Path:
+    """`path` made absolute without following its last component (`.`, `DIR/sub/..` and the like become the
+    folder they name, so the temporary folder lands beside it, not inside it)."""
+    target = Path(os.path.abspath(path))
+    if target == Path(target.anchor):
+        raise TrdeployError(f"-o {path} names the file system root.", hint="Choose a new folder for the output.")
+    return target
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def _foreign_entries(target: Path) -> list[str]:
+    """Entries of an existing output folder that trdeploy did not write there (per its marker)."""
+    marker = target / OUTPUT_MARKER
+    try:
+        listed = set(json.loads(marker.read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = None
+    foreign: list[str] = []
+    for root, dirs, files in os.walk(target):
+        for name in dirs + files:
+            full = Path(root) / name
+            rel = full.relative_to(target).as_posix()
+            if rel == OUTPUT_MARKER or (full.is_dir() and not full.is_symlink()):
+                continue
+            if listed is None or rel not in listed:
+                foreign.append(rel)
+                if len(foreign) >= 3:
+                    return foreign
+    if listed is None and not foreign and any(target.iterdir()):
+        foreign.append("(no trdeploy marker)")
+    return foreign
+
+
 @contextmanager
-def atomic_directory(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_directory(path: str | Path, *, force: bool = False, inputs: dict[str, Any] | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; move it into place only if the block succeeds.
 
-    An interrupted or failed run leaves no folder at `path` (and nothing that looks like output).
+    Nothing the command did not create is ever deleted or replaced: `-o` that contains one of `inputs`
+    (option -> path) is refused, and with `--force` an existing folder is replaced only when every entry in
+    it is one trdeploy wrote there (listed in its `.trdeploy-output` marker). An interrupted or failed run
+    leaves no temporary folder and no half-written output.
     """
-    path = Path(path)
-    ensure_writable(path, force=force, folder=True)
+    target = _folder_target(Path(path))
+    for option, value in (inputs or {}).items():
+        if value is None:
+            continue
+        candidate = Path(os.path.abspath(str(value)))
+        for a, b in ((candidate, target), (Path(os.path.realpath(candidate)), Path(os.path.realpath(target)))):
+            if _inside(a, b):
+                raise TrdeployError(
+                    f"-o {path} contains the {option} input {value}; the output folder would replace it.",
+                    hint="Choose an output folder that holds none of the command's inputs.",
+                )
+    ensure_writable(target, force=force, folder=True)
+    if target.exists():
+        if os.path.ismount(target):
+            raise TrdeployError(f"-o {path} is a mount point, which cannot be replaced.", hint="Choose a new folder inside it.")
+        foreign = _foreign_entries(target)
+        if foreign:
+            raise TrdeployError(
+                f"-o {path} holds files trdeploy did not write there ({', '.join(foreign)}); --force only replaces a folder trdeploy made.",
+                hint="Choose a new or empty folder, or move those files away first.",
+            )
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent if str(path.parent) else "."))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     except OSError as exc:
         raise TrdeployError(f"Cannot create {path}: {exc.strerror or exc}.", hint="Choose a folder you can write to.") from None
+    backup: Path | None = None
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        backup = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, backup)
-        os.replace(tmp, path)
-        if backup.is_dir():
+        try:
+            written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir() or p.is_symlink())
+            (tmp / OUTPUT_MARKER).write_text(json.dumps({"written_by": "trdeploy", "files": written}, indent=1) + "\n", encoding="utf-8")
+            if target.exists():
+                backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, backup)
+                try:
+                    os.replace(tmp, target)
+                except OSError:
+                    os.replace(backup, target)  # put the old output back
+                    backup = None
+                    raise
+            else:
+                os.replace(tmp, target)
+        except OSError as exc:
+            raise TrdeployError(f"Cannot write {path}: {exc.strerror or exc}.", hint="Free space or choose another folder.") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if backup is not None and backup.exists():
             shutil.rmtree(backup, ignore_errors=True)
-        else:
-            backup.unlink(missing_ok=True)
-    else:
-        os.replace(tmp, path)

@@ -13,11 +13,20 @@ fi
 # A fresh volume at /cache hides the image's cache folders: make them (as this user) before vLLM starts.
 mkdir -p "${HOME:-/cache/home}" "${XDG_CACHE_HOME:-/cache/xdg}" "${VLLM_CACHE_ROOT:-/cache/vllm}" "${FLASHINFER_WORKSPACE_BASE:-/cache/flashinfer}" "${TRITON_CACHE_DIR:-/cache/triton}" "${TORCHINDUCTOR_CACHE_DIR:-/cache/inductor}" "${HF_HOME:-/cache/huggingface}" 2>/dev/null || true
 if [ -z "${VLLM_API_KEY:-}" ] && [ -n "${VLLM_API_KEY_FILE:-}" ]; then
+  if [ ! -r "${VLLM_API_KEY_FILE}" ]; then echo "trdeploy: VLLM_API_KEY_FILE names ${VLLM_API_KEY_FILE}, which cannot be read." >&2; exit 65; fi
   VLLM_API_KEY="$(cat "${VLLM_API_KEY_FILE}")"
+fi
+# A key of nothing but white space (an empty key file) is no key.
+if [ -z "$(printf %s "${VLLM_API_KEY:-}" | tr -d "[:space:]")" ]; then
+  unset VLLM_API_KEY
+else
   export VLLM_API_KEY
 fi
-if [ -z "${VLLM_API_KEY:-}" ]; then
-  echo "trdeploy: VLLM_API_KEY is not set; the API answers without a key." >&2
+HAS_KEY_ARG=0
+for arg in "$@"; do case "$arg" in --api-key|--api-key=?*) HAS_KEY_ARG=1 ;; esac; done
+if [ -z "${VLLM_API_KEY:-}" ] && [ "$HAS_KEY_ARG" = 0 ]; then
+  echo "trdeploy: no API key: set VLLM_API_KEY (or VLLM_API_KEY_FILE); this image was built to refuse serving without one (trdeploy build --no-api-key builds one that serves openly)." >&2
+  exit 65
 fi
 exec vllm serve meta-llama/Meta-Llama-3-8B-Instruct \
   --served-model-name meta-llama/Meta-Llama-3-8B-Instruct \

@@ -26,6 +26,7 @@ from trdeploy.deploy import container as ct
 from trdeploy.deploy.image import BuildOptions, choose_base, default_tag, render_context, start_period_s
 from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
+from trdeploy.output import OUTPUT_MARKER
 from trdeploy.sizing.tuning import TuneRequest, tune
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -62,7 +63,7 @@ def test_docker_folder_holds_the_rendered_recipe_contexts():
     for recipe in RECIPES:
         context = render_context(_profile(recipe), BuildOptions())
         folder = ROOT / "docker" / recipe.stem
-        on_disk = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+        on_disk = {p.name for p in folder.iterdir()} - {OUTPUT_MARKER} if folder.is_dir() else set()
         if on_disk != set(context.files):
             stale.append(f"{recipe.stem}: files {sorted(on_disk)} != {sorted(context.files)}")
             continue
@@ -155,7 +156,7 @@ def test_entrypoint_runs_exactly_the_profiles_serve_command_and_bakes_no_key():
         assert context.argv == _expected_argv(profile, placed)
         assert context.argv[context.argv.index("--served-model-name") + 1] == profile.model.id
         entry = context.files["entrypoint.sh"]
-        assert '"$@"' in entry and "--api-key" not in entry
+        assert '"$@"' in entry and "--api-key" not in entry.split("\nexec ", 1)[1]  # never on the command line
         assert "VLLM_API_KEY=" not in context.files["Dockerfile"]
 
 
@@ -200,7 +201,7 @@ def _run_until_healthy(docker_client, image: str, *, command=None, user=None, en
         image,
         command=command,
         user=user,
-        environment={"STANDIN_STARTUP_DELAY_S": "2", **(env or {})},
+        environment={"STANDIN_STARTUP_DELAY_S": "2", "VLLM_API_KEY": "sk-test", **(env or {})},
         volumes=volumes,
         network_mode="host",
         detach=True,
@@ -273,7 +274,7 @@ def test_healthcheck_probes_the_port_the_server_uses(docker_client, vllm_base_im
     _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag)
     port = free_port()
     container = docker_client.containers.run(tag, command=["--port", "1", "--port", str(port)], network_mode="host", detach=True,
-                                             environment={"STANDIN_STARTUP_DELAY_S": "4"})
+                                             environment={"STANDIN_STARTUP_DELAY_S": "4", "VLLM_API_KEY": "sk-test"})
     try:
         deadline = time.monotonic() + 20
         while http_status(f"http://127.0.0.1:{port}/health") != 503:  # listening, still starting
@@ -301,6 +302,46 @@ def test_entrypoint_refuses_an_image_built_from_another_profile(docker_client, v
     finally:
         out.remove(force=True)
         docker_client.images.remove(tag, force=True)
+
+
+def _exit_and_log(docker_client, image: str, *, env=None, command=None, volumes=None) -> tuple[int, str]:
+    c = docker_client.containers.run(image, environment=env or {}, command=command, volumes=volumes, network_mode="host", detach=True)
+    try:
+        try:
+            code = c.wait(timeout=8)["StatusCode"]
+        except Exception:  # still running: it started serving
+            code = None
+        return code, c.logs().decode()
+    finally:
+        c.remove(force=True)
+
+
+def test_image_refuses_to_serve_without_a_key_unless_built_to(docker_client, vllm_base_image, tmp_path):
+    tag = "trdeploy-test/keys:1"
+    _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag)
+    port = str(free_port())
+    keyfile = tmp_path / "key"
+    for env, files in (({}, ""), ({"VLLM_API_KEY": ""}, ""), ({"VLLM_API_KEY": " \t "}, ""),
+                       ({"VLLM_API_KEY_FILE": "/run/key"}, "\n"), ({"VLLM_API_KEY_FILE": "/run/key"}, "  \n\n")):
+        keyfile.write_text(files)
+        code, log = _exit_and_log(docker_client, tag, env=env, command=["--port", port], volumes={str(keyfile): {"bind": "/run/key", "mode": "ro"}})
+        assert code == ct.EXIT_NO_API_KEY and "no API key" in log, (env, files, code, log)
+        assert "STANDIN_VLLM" not in log  # vLLM never started
+    code, log = _exit_and_log(docker_client, tag, env={"VLLM_API_KEY_FILE": "/nonexistent"}, command=["--port", port])
+    assert code == ct.EXIT_NO_API_KEY and "cannot be read" in log
+    # A key from a file (the Kubernetes way), or on the command line, starts the server.
+    keyfile.write_text("sk-from-file\n")
+    code, log = _exit_and_log(docker_client, tag, env={"VLLM_API_KEY_FILE": "/run/key"}, command=["--port", port],
+                              volumes={str(keyfile): {"bind": "/run/key", "mode": "ro"}})
+    assert code is None and '"VLLM_API_KEY": "sk-from-file"' in log, log
+    code, log = _exit_and_log(docker_client, tag, command=["--port", port, "--api-key", "sk-arg"])
+    assert code is None and "STANDIN_VLLM" in log, log
+    # Built to serve openly: it starts, and says so.
+    _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag, "--no-api-key")
+    assert docker_client.images.get(tag).labels["io.trdeploy.api-key"] == "off"
+    code, log = _exit_and_log(docker_client, tag, command=["--port", port])
+    assert code is None and "built with --no-api-key" in log, log
+    docker_client.images.remove(tag, force=True)
 
 
 def test_bake_puts_the_folder_in_the_last_layer_offline(docker_client, vllm_base_image, tmp_path):

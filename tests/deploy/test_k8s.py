@@ -19,6 +19,7 @@ from trdeploy.deploy.k8s import RenderOptions, file_texts, render
 from trdeploy.deploy.validate import CHECKOV_SKIPS, K8S_VERSIONS, validate_folder
 from trdeploy.deployment import DeploymentProfile, Startup
 from trdeploy.errors import TrdeployError
+from trdeploy.output import OUTPUT_MARKER
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 H100_8B = ROOT / "recipes" / "llama-3-8b-bf16-h100.yaml"
@@ -318,7 +319,7 @@ def test_cli_folder_stream_and_force(tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["files"][-1] == "kustomization.yaml" and data["validation"] is None
-    assert sorted(p.name for p in out.iterdir()) == sorted(data["files"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*data["files"], OUTPUT_MARKER])
     again = run_cli("render-k8s", str(H100_8B), "-o", str(out))
     assert again.returncode == 2 and "--force" in again.stderr
     assert run_cli("render-k8s", str(H100_8B), "-o", str(out), "--force", "--name", "other").returncode == 0

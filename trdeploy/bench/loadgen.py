@@ -390,7 +390,8 @@ def make_client(endpoint: Endpoint, concurrency: int | None, kind: str = "auto")
     parts = urlsplit(endpoint.base_url)
     if kind == "auto":
         proxied = bool(getproxies().get("http")) and not proxy_bypass(parts.hostname or "")
-        kind = "raw" if parts.scheme == "http" and not proxied else "httpx"
+        # Credentials in the URL (user:password@) are sent as basic auth by httpx; the raw client sends none.
+        kind = "raw" if parts.scheme == "http" and not proxied and "@" not in parts.netloc else "httpx"
     if kind == "raw":
         if parts.scheme != "http":
             raise ValueError("the raw HTTP client speaks plain http:// only")

@@ -18,6 +18,8 @@ from trdeploy.bench.metrics import SlaTargets
 from trdeploy.bench.prompts import SyntheticPrompts, dataset_prompts, embedded_prompts, file_prompts
 from trdeploy.bench.request import DEFAULT_NUM_PROMPTS, DEFAULT_PERCENTILES, DEFAULT_SYNTHETIC_VOCAB, DEFAULT_URL, BenchRequest
 from trdeploy.errors import TrdeployError
+from trdeploy.inputs import loads_json
+from trdeploy.output import redact_url
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,9 @@ def normalize_url(url: str) -> tuple[str, str]:
     url = url.strip().rstrip("/")
     hint = "Pass the server root, e.g. --url http://localhost:8000."
     if not re.match(r"^https?://[^/\s]+", url):
-        raise TrdeployError(f"--url {url!r} is not an http(s) URL.", hint=hint)
+        raise TrdeployError(f"--url {redact_url(url)!r} is not an http(s) URL.", hint=hint)
     if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
-        raise TrdeployError(f"--url {url!r} contains spaces or control characters.", hint=hint)
+        raise TrdeployError(f"--url {redact_url(url)!r} contains spaces or control characters.", hint=hint)
     try:  # urllib and httpx raise ValueError for a port out of range, a non-numeric port or bad IPv6
         parts = urlsplit(url)
         port = parts.port
@@ -56,11 +58,11 @@ def normalize_url(url: str) -> tuple[str, str]:
             ipaddress.IPv6Address((host or "").split("%")[0])
         httpx.URL(url)
     except (ValueError, httpx.InvalidURL) as exc:
-        raise TrdeployError(f"--url {url!r} is not a valid URL ({exc}).", hint=hint) from None
+        raise TrdeployError(f"--url {redact_url(url)!r} is not a valid URL ({exc}).", hint=hint) from None
     if not host:
-        raise TrdeployError(f"--url {url!r} has no host.", hint=hint)
+        raise TrdeployError(f"--url {redact_url(url)!r} has no host.", hint=hint)
     if port == 0:
-        raise TrdeployError(f"--url {url!r}: port 0 is not a server port.", hint=hint)
+        raise TrdeployError(f"--url {redact_url(url)!r}: port 0 is not a server port.", hint=hint)
     if url.endswith("/v1"):
         return url[:-3], "/v1"
     return url, "/v1"
@@ -257,10 +259,7 @@ def _plan(
         raise TrdeployError("--ignore-eos needs --output-tokens N (the length every request then generates).", hint="E.g. --output-tokens 300 --ignore-eos.")
     extra: dict[str, Any] = {}
     if extra_body:
-        try:
-            extra = json.loads(extra_body)
-        except json.JSONDecodeError as exc:
-            raise TrdeployError(f"--extra-body is not JSON ({exc.msg}).", hint='E.g. --extra-body \'{"top_k": 20}\'.') from exc
+        extra = loads_json(extra_body, where="--extra-body", hint='E.g. --extra-body \'{"top_k": 20}\'.', max_depth=16)
         if not isinstance(extra, dict):
             raise TrdeployError("--extra-body must be a JSON object.", hint='E.g. --extra-body \'{"top_k": 20}\'.')
     if not timeout_s > 0:
@@ -319,9 +318,10 @@ def build_prompts(plan: BenchPlan) -> PromptSource:
 def detect_model(base_url: str, v1: str, api_key: str | None) -> str:
     """The first model the server lists on /v1/models (what `vllm bench serve` does without --model)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    where = base_url + v1 + "/models"
+    url = base_url + v1 + "/models"
+    where = redact_url(url)
     try:
-        resp = httpx.get(where, headers=headers, timeout=15.0)
+        resp = httpx.get(url, headers=headers, timeout=15.0)
     except httpx.HTTPError as exc:
         raise TrdeployError(f"Cannot reach {where} to find the model ({type(exc).__name__}).",
                             hint="Is the server running at --url? Or pass --model NAME.") from exc  # fmt: skip

@@ -10,6 +10,7 @@ import numpy as np
 
 from trdeploy.bench.loadgen import Api, PromptSource
 from trdeploy.errors import TrdeployError
+from trdeploy.inputs import json_depth
 
 
 class ListPrompts(PromptSource):
@@ -123,8 +124,12 @@ def file_prompts(path: Path, api: Api, *, seed: int) -> ListPrompts:
             where = f"{path}:{n}"
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrdeployError(f"{where} is not JSON ({exc.msg}).", hint="Each line must be one JSON object.") from exc
+            except RecursionError:
+                raise TrdeployError(f"{where} is nested too deeply to read.", hint="Each line must be one JSON object.") from None
+            except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
+                raise TrdeployError(f"{where} is not JSON ({getattr(exc, 'msg', str(exc)[:80])}).", hint="Each line must be one JSON object.") from None
+            if json_depth(rec) > 16:
+                raise TrdeployError(f"{where} nests more than 16 levels deep.", hint="Each line must be one JSON object.")
             if isinstance(rec, dict):
                 value = next((rec[k] for k in ("messages", "conversations", "prompt", "text") if k in rec), None)
                 if value is None:

@@ -44,7 +44,7 @@ class BenchRequest(Args):
     dataset_split: str = arg("train", help="Dataset split.")
     dataset_field: str | None = arg(None, help="Dataset column with the prompts.", default_note="messages/conversations/prompt/text...")
     synthetic: int | None = arg(None, help="INPUT_LEN random token ids per prompt, sent as a token-id prompt (completions only).")
-    synthetic_vocab_size: int = arg(DEFAULT_SYNTHETIC_VOCAB, help="Token ids for --synthetic are drawn from [0, this).")
+    synthetic_vocab_size: int = arg(DEFAULT_SYNTHETIC_VOCAB, ge=2, le=2**31 - 1, help="Token ids for --synthetic are drawn from [0, this).")
     output_tokens: int | None = arg(
         None, help="max_tokens per request.", default_note="natural length, or the profile's workload.output_tokens"
     )

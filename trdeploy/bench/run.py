@@ -30,6 +30,7 @@ from trdeploy.bench.metrics import WORD_PATTERN, RequestResult, ResultStore, eva
 from trdeploy.bench.plan import BenchPlan, build_prompts, detect_model
 from trdeploy.bench.prometheus import SERVER_GAUGES, _first, scrape, server_metrics_delta
 from trdeploy.bench.prompts import ListPrompts
+from trdeploy.output import redact_url, scrub, url_secrets
 
 SCHEMA_VERSION = 1
 PLOT_SAMPLE = 200_000  # values per metric kept for the plot
@@ -236,6 +237,8 @@ def run_bench(
     outcomes, warm, interrupted = asyncio.run(main())
     runs = [o.report for o in outcomes]
     report = assemble_report(plan, prompts, runs, warm, interrupted, started, time.perf_counter() - t0)
+    # Credentials in --url (user:password@) are written nowhere: not in the endpoint, not in an error sample.
+    report = scrub(report, url_secrets(plan.endpoint.base_url))
     labels = [(o.report["label"], o.samples) for o in outcomes]
     return BenchResult(report=report, samples=labels)
 
@@ -263,7 +266,7 @@ def assemble_report(
         "started_at": started,
         "wall_s": wall_s,
         "interrupted": interrupted,
-        "endpoint": {"url": ep.base_url + ep.v1_prefix, "api": ep.api, "model": ep.model, "model_source": plan.model_source},
+        "endpoint": {"url": redact_url(ep.base_url + ep.v1_prefix), "api": ep.api, "model": ep.model, "model_source": plan.model_source},
         "prompts": {
             "source": plan.prompt_spec["kind"],
             "description": getattr(prompts, "description", ""),

@@ -130,6 +130,13 @@ def main(argv: list[str] | None = None) -> None:
         error = validation_error(exc) if isinstance(exc, ValidationError) else exc
         err_console.print(f"[bold red]Error:[/] {escape(error.one_line())}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
+    except RecursionError:
+        # A backstop: every reader bounds nesting itself (trdeploy.inputs); an input that still nests past
+        # Python's recursion limit somewhere is one line, never a traceback.
+        if _state["debug"]:
+            traceback.print_exc()
+        err_console.print("[bold red]Error:[/] An input is nested too deeply to process. Simplify it (see README, Errors and limits).", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

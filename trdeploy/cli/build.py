@@ -35,6 +35,7 @@ def build(
     revision: Annotated[str | None, opt(BO, "revision")] = default(BO, "revision"),
     hf_token_file: Annotated[Path | None, opt(BR, "hf_token_file")] = default(BR, "hf_token_file"),
     base_image: Annotated[str | None, opt(BO, "base_image")] = default(BO, "base_image"),
+    api_key: Annotated[bool, opt(BO, "api_key")] = default(BO, "api_key"),
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -72,6 +73,7 @@ def build(
             model_repo=model_repo,
             revision=revision,
             base_image=base_image,
+            api_key=api_key,
         ),
         model_dir=model_dir,
         tag=tag,

@@ -118,7 +118,7 @@ def render_k8s(
             warn(w)
         sys.stdout.write(dump_stream(rendered))
         return
-    with atomic_directory(output, force=force) as tmp:
+    with atomic_directory(output, force=force, inputs={"PROFILE": profile}) as tmp:
         write(tmp)
     if not as_json:
         for w in rendered.warnings:

@@ -23,6 +23,7 @@ Every profile value that reaches a generated file passes through one of the quot
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 from pathlib import PurePosixPath
 
@@ -43,6 +44,11 @@ HEALTH_PATH = "/health"
 API_KEY_ENV = "VLLM_API_KEY"
 API_KEY_FILE_ENV = "VLLM_API_KEY_FILE"
 EXPECT_PROFILE_ENV = "TRDEPLOY_EXPECT_PROFILE_SHA256"
+EXIT_WRONG_PROFILE = 64  # the image was built from another profile than the pod expects
+EXIT_NO_API_KEY = 65  # no API key and the image was not built to serve without one
+# BuildKit refuses Dockerfile lines over 64 KiB; nothing we render comes near, but a rendered line that would
+# is refused in one line rather than by the engine mid-build.
+MAX_DOCKERFILE_LINE = 60_000
 
 # Cache variable -> folder under CACHE_ROOT. USER/LOGNAME: torch calls getpass.getuser(), which fails for
 # a UID without a passwd entry (arbitrary UIDs) unless they are set.
@@ -95,18 +101,70 @@ def serve_argv(profile: DeploymentProfile, *, weights_in_image: bool) -> list[st
     return [*engine.serve_command(), "--port", str(PORT)]
 
 
+# --- quoting: every profile or option value that reaches a generated file goes through one of these --------
+
+
 def comment(text: str) -> str:
     """Text for a `#` comment line of a generated file: one line, whatever the value held."""
     return "".join(ch if ch.isprintable() else " " for ch in text)
 
 
+def _printable(value: str, what: str) -> str:
+    if any(not ch.isprintable() for ch in value):
+        # The profile's validation refuses these first; this guards every other caller.
+        raise ValueError(f"{what} must not contain control characters or line breaks: {value[:60]!r}")
+    return value
+
+
 def sh_word(value: str) -> str:
-    """One POSIX shell word."""
+    """One POSIX shell word (single-quoted: nothing inside is expanded, a newline stays inside the word)."""
     return shlex.quote(value)
 
 
-def entrypoint_script(profile: DeploymentProfile, *, weights_in_image: bool) -> str:
-    """The image's ENTRYPOINT: checks, then `exec vllm serve ...` with the docker-run/pod arguments appended."""
+def dockerfile_string(value: str) -> str:
+    """A Dockerfile LABEL/ENV value: double-quoted, with the backslash, the quote and `$` (the Dockerfile's
+    own variable substitution in LABEL, ENV, COPY, FROM) escaped. A line break would end the instruction,
+    so there can be none."""
+    _printable(value, "A Dockerfile value")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def dockerfile_json(words: list[str]) -> str:
+    """The JSON (exec) form of an instruction's arguments: `["a", "b"]`. JSON has no escape for the
+    Dockerfile's `$` substitution, so a word with `$` (or a line break) is refused, never passed through."""
+    for word in words:
+        _printable(word, "A Dockerfile argument")
+        if "$" in word:
+            raise ValueError(f"A Dockerfile argument must not contain '$': {word[:60]!r}")
+    return json.dumps(words)
+
+
+def k8s_text(value: str) -> str:
+    """A value for a container's command, args or env: Kubernetes expands `$(VAR)` there (a served name
+    `$(VLLM_API_KEY)` would put the key into a metric label); `$$(` is its escape for a literal `$(`."""
+    return value.replace("$(", "$$(")
+
+
+def promql_string(value: str) -> str:
+    """A PromQL string literal (a label matcher's value): double-quoted, backslash, quote and line breaks
+    escaped, so no value can close the matcher and add an expression of its own."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return '"' + escaped + '"'
+
+
+def check_dockerfile_lines(text: str) -> str:
+    for number, line in enumerate(text.splitlines(), 1):
+        if len(line.encode("utf-8")) > MAX_DOCKERFILE_LINE:
+            raise ValueError(f"Dockerfile line {number} would be {len(line):,} bytes, over BuildKit's 64 KiB")
+    return text
+
+
+def entrypoint_script(profile: DeploymentProfile, *, weights_in_image: bool, api_key_required: bool = True) -> str:
+    """The image's ENTRYPOINT: checks, then `exec vllm serve ...` with the docker-run/pod arguments appended.
+
+    Without an API key (VLLM_API_KEY empty or unset, the file VLLM_API_KEY_FILE names empty, no `--api-key`
+    among the arguments) it refuses to start, unless the image was built to serve without one
+    (`build --no-api-key`): an open endpoint is then a decision, never an accident."""
     argv = serve_argv(profile, weights_in_image=weights_in_image)
     digest = profile_sha256(profile)
     lines = [
@@ -126,13 +184,28 @@ def entrypoint_script(profile: DeploymentProfile, *, weights_in_image: bool) -> 
         f"# A fresh volume at {CACHE_ROOT} hides the image's cache folders: make them (as this user) before vLLM starts.",
         "mkdir -p " + " ".join(f'"${{{var}:-{CACHE_ROOT}/{sub}}}"' for var, sub in CACHE_DIRS.items()) + " 2>/dev/null || true",
         f'if [ -z "${{{API_KEY_ENV}:-}}" ] && [ -n "${{{API_KEY_FILE_ENV}:-}}" ]; then',
+        f'  if [ ! -r "${{{API_KEY_FILE_ENV}}}" ]; then echo "trdeploy: {API_KEY_FILE_ENV} names ${{{API_KEY_FILE_ENV}}}, which cannot be read." >&2; exit {EXIT_NO_API_KEY}; fi',
         f'  {API_KEY_ENV}="$(cat "${{{API_KEY_FILE_ENV}}}")"',
+        "fi",
+        "# A key of nothing but white space (an empty key file) is no key.",
+        f'if [ -z "$(printf %s "${{{API_KEY_ENV}:-}}" | tr -d "[:space:]")" ]; then',
+        f"  unset {API_KEY_ENV}",
+        "else",
         f"  export {API_KEY_ENV}",
         "fi",
-        f'if [ -z "${{{API_KEY_ENV}:-}}" ]; then',
-        f'  echo "trdeploy: {API_KEY_ENV} is not set; the API answers without a key." >&2',
-        "fi",
+        "HAS_KEY_ARG=0",
+        'for arg in "$@"; do case "$arg" in --api-key|--api-key=?*) HAS_KEY_ARG=1 ;; esac; done',
+        f'if [ -z "${{{API_KEY_ENV}:-}}" ] && [ "$HAS_KEY_ARG" = 0 ]; then',
     ]
+    if api_key_required:
+        lines += [
+            f'  echo "trdeploy: no API key: set {API_KEY_ENV} (or {API_KEY_FILE_ENV}); this image was built to refuse serving without one'
+            ' (trdeploy build --no-api-key builds one that serves openly)." >&2',
+            f"  exit {EXIT_NO_API_KEY}",
+        ]
+    else:
+        lines.append('  echo "trdeploy: no API key; the API answers without one (built with --no-api-key)." >&2')
+    lines.append("fi")
     # One flag and its value per line: `exec vllm serve MODEL`, then `--flag value`.
     groups: list[list[str]] = [argv[:3]]
     for word in argv[3:]:

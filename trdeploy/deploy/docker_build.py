@@ -17,6 +17,7 @@ import collections
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -31,14 +32,10 @@ from trdeploy.args import Args, arg
 from trdeploy.deploy.image import BuildContext, BuildOptions, default_tag, render_context
 from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
+from trdeploy.fields import is_image_ref
 from trdeploy.output import atomic_directory
 
 TAIL_LINES = 12
-# A docker image reference, [registry[:port]/]path[:tag] (the distribution grammar, without digests).
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_TAG_RE = re.compile(
-    rf"^(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?$"
-)
 LineSink = Callable[[str], None]
 
 
@@ -100,15 +97,62 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def write_context(context: BuildContext, dest: Path, model_dir: Path | None = None) -> None:
+def _hub_blobs(model_dir: Path) -> Path | None:
+    """The blobs folder of a hub-cache snapshot (`.../models--ORG--NAME/snapshots/REV`), whose files are
+    links into `../../blobs`; None for any other folder."""
+    if model_dir.parent.name == "snapshots" and model_dir.parent.parent.name.startswith("models--"):
+        return model_dir.parent.parent / "blobs"
+    return None
+
+
+def model_files(model_dir: Path) -> list[tuple[str, Path]]:
+    """(path inside the model folder, the regular file to copy) for every file to bake, checked before
+    anything is copied. A link is followed only to a regular file inside the model folder (or, for a
+    hub-cache snapshot, inside its repository's blobs): a link out of it (a token file, /dev/zero) and any
+    special file (FIFO, device, socket) are refused in one line."""
+    root = Path(os.path.realpath(model_dir))
+    blobs = _hub_blobs(root)
+    allowed = [root] + ([Path(os.path.realpath(blobs))] if blobs is not None else [])
+    hint = "Bake a folder of plain files (e.g. `huggingface-cli download ORG/NAME --local-dir DIR`), or use --model-source mount."
+    files: list[tuple[str, Path]] = []
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                rel = Path(entry.path).relative_to(root).as_posix()
+                st = os.lstat(entry.path)
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append(Path(entry.path))
+                    continue
+                source = Path(entry.path)
+                if stat.S_ISLNK(st.st_mode):
+                    real = Path(os.path.realpath(entry.path))
+                    if not any(real == base or base in real.parents for base in allowed):
+                        raise TrdeployError(f"{model_dir}/{rel} is a link to {real}, outside the model folder; bake never follows it.", hint=hint)
+                    st = os.stat(real)
+                    source = real
+                    if stat.S_ISDIR(st.st_mode):
+                        raise TrdeployError(f"{model_dir}/{rel} is a link to a folder; bake copies files only.", hint=hint)
+                if not stat.S_ISREG(st.st_mode):
+                    raise TrdeployError(f"{model_dir}/{rel} is not a regular file (a FIFO, device or socket); bake refuses it.", hint=hint)
+                files.append((rel, source))
+    if not files:
+        raise TrdeployError(f"The model folder {model_dir} holds no files.", hint="Point --model-dir at the checkpoint folder.")
+    return sorted(files)
+
+
+def write_context(context: BuildContext, dest: Path, model_files_: list[tuple[str, Path]] | None = None) -> None:
     """Write the files into an existing empty folder `dest` (and the weights into dest/model for bake)."""
     for rel, text in context.files.items():
         path = dest / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         path.chmod(0o755 if rel in context.executable else 0o644)
-    if model_dir is not None:
-        shutil.copytree(model_dir, dest / "model", copy_function=_link_or_copy, symlinks=False)
+    for rel, source in model_files_ or []:
+        target = dest / "model" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(str(source), str(target))
 
 
 def render(req: BuildRequest) -> tuple[DeploymentProfile, BuildContext]:
@@ -127,7 +171,7 @@ def _bake_dir(req: BuildRequest, profile: DeploymentProfile) -> Path:
         )
     if not any(model_dir.iterdir()):
         raise TrdeployError(f"The model folder {model_dir} is empty.", hint="Point --model-dir at the checkpoint folder.")
-    return model_dir.resolve()
+    return model_dir
 
 
 def docker_client():
@@ -279,21 +323,23 @@ def build(req: BuildRequest, on_line: LineSink = lambda line: None) -> BuildResu
     """Render, then either write the context (dry run) or build, tag and optionally push the image."""
     profile, context = render(req)
     model_dir = _bake_dir(req, profile) if req.options.model_source == "bake" else None
+    files = model_files(model_dir) if model_dir is not None else None
     if req.dry_run:
         if req.output is None:
             raise TrdeployError("--dry-run needs -o DIR for the build context.", hint="Pass -o DIR.")
-        with atomic_directory(req.output, force=req.force) as tmp:
+        inputs = {"PROFILE": req.profile, "--model-dir": model_dir, "--hf-token-file": req.hf_token_file}
+        with atomic_directory(req.output, force=req.force, inputs=inputs) as tmp:
             umask = os.umask(0)
             os.umask(umask)
             tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the context from other users
-            write_context(context, tmp, model_dir)
+            write_context(context, tmp, files)
         return BuildResult(profile=str(req.profile), context=context, context_dir=str(req.output))
 
     token = _hf_token(req) if context.needs_secrets else None
     if context.needs_secrets:
         buildkit_command()  # fail before contacting the engine for minutes
     tag = req.tag or default_tag(profile, req.options.model_source)
-    if not _TAG_RE.match(tag):
+    if not is_image_ref(tag) or "@" in tag:
         raise TrdeployError(f"--tag {tag!r} is not a valid image reference.", hint="Use [REGISTRY/]NAME[:TAG], lowercase.")
     client = docker_client()
     labels = {
@@ -303,7 +349,7 @@ def build(req: BuildRequest, on_line: LineSink = lambda line: None) -> BuildResu
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="trdeploy-context-") as tmp:
         context_dir = Path(tmp)
-        write_context(context, context_dir, model_dir)
+        write_context(context, context_dir, files)
         if context.needs_secrets:
             image_id = _buildkit_build(context_dir, labels, token, on_line, context.base_image)
             builder = "buildkit"

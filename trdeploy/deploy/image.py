@@ -30,6 +30,7 @@ from trdeploy.args import Args, arg
 from trdeploy.deploy import container as ct
 from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
+from trdeploy.fields import HubRepo, ImageRef, Revision
 
 BASE_REPOSITORY = "vllm/vllm-openai"
 # Tag suffix of each CUDA build of vllm/vllm-openai (from v0.20.0: the plain tag is CUDA 13.0, `-cu129` is
@@ -50,11 +51,16 @@ class BuildOptions(Args):
         help="mount: no weights in the image (a hub id downloads into the cache volume, a local folder is mounted); "
         "bake: copy --model-dir into the last layer; download: fetch from the hub at build time (token as a BuildKit secret).",
     )
-    model_repo: str | None = arg(None, help="download: the hub repository.", default_note="the profile's model, if a hub id")
-    revision: str | None = arg(None, help="download: the hub revision (branch, tag or commit); recorded in the labels.", default_note="main")
-    base_image: str | None = arg(
+    model_repo: HubRepo | None = arg(None, help="download: the hub repository.", default_note="the profile's model, if a hub id")
+    revision: Revision | None = arg(None, help="download: the hub revision (branch, tag or commit); recorded in the labels.", default_note="main")
+    base_image: ImageRef | None = arg(
         None,
         help="Base image instead of vllm/vllm-openai:vVERSION[-cuXYZ] (a local, mirrored or pre-pulled image); IMAGE:TAG or IMAGE@sha256:DIGEST.",
+    )
+    api_key: bool = arg(
+        True,
+        flag="--api-key/--no-api-key",
+        help="The image refuses to start without an API key (VLLM_API_KEY or VLLM_API_KEY_FILE); --no-api-key builds one that serves openly.",
     )
 
 
@@ -147,14 +153,10 @@ def _labels(profile: DeploymentProfile, options: BuildOptions, base: str) -> dic
             "io.trdeploy.served-model-name": profile.engine_args.served_model_name,
             "io.trdeploy.port": str(ct.PORT),
             "io.trdeploy.cache-path": ct.CACHE_ROOT,
+            "io.trdeploy.api-key": "required" if options.api_key else "off",
         }
     )
     return labels
-
-
-def _q(value: str) -> str:
-    """A Dockerfile LABEL/ENV value in double quotes."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 _DOWNLOAD = '''"""Build-time download of the weights (--model-source download).
@@ -177,6 +179,13 @@ snapshot_download(repo_id=repo, revision=revision, local_dir=dest, token=token o
 
 def render_context(profile: DeploymentProfile, options: BuildOptions) -> BuildContext:
     """The build context for `profile`: files and facts. Pure: same inputs, same bytes."""
+    try:
+        return _render_context(profile, options)
+    except ValueError as exc:  # a quoting function refused a value (the profile's validation normally does first)
+        raise TrdeployError(f"Cannot render the build context: {exc}.", hint="Fix the profile (or re-run `trdeploy tune`).") from None
+
+
+def _render_context(profile: DeploymentProfile, options: BuildOptions) -> BuildContext:
     base = choose_base(profile, options)
     if options.base_image and _DIGEST.search(options.base_image) is None and ":" not in options.base_image.rsplit("/", 1)[-1]:
         raise TrdeployError(
@@ -213,7 +222,7 @@ def render_context(profile: DeploymentProfile, options: BuildOptions) -> BuildCo
         "",
         f"# Every compile cache (vLLM torch.compile, Inductor, Triton, FlashInfer JIT) and the hub cache under one path: a volume at {ct.CACHE_ROOT}",
         "# keeps restarts warm. USER/LOGNAME: torch calls getpass.getuser(), which fails for a UID without a passwd entry unless set.",
-        "ENV " + " \\\n    ".join(f"{k}={_q(v)}" for k, v in env.items()),
+        "ENV " + " \\\n    ".join(f"{k}={ct.dockerfile_string(v)}" for k, v in env.items()),
         "",
         "COPY " + " ".join(["entrypoint.sh", "healthcheck.py", "trdeploy.yaml", *(["download.py"] if options.model_source == "download" else [])])
         + f" {ct.APP_DIR}/",
@@ -230,14 +239,14 @@ def render_context(profile: DeploymentProfile, options: BuildOptions) -> BuildCo
         f"USER {uid}:{gid}",
         f"EXPOSE {ct.PORT}",
         "",
-        "LABEL " + " \\\n      ".join(f"{k}={_q(v)}" for k, v in labels.items()),
+        "LABEL " + " \\\n      ".join(f"{k}={ct.dockerfile_string(v)}" for k, v in labels.items()),
         "",
         ct.comment(f"# Start period: the profile's start-up budget ({startup.budget_basis or 'tune'}; cold start {startup.cold_s:.0f} s)."),
         "# Failures inside it do not count; the first passing probe marks the container healthy. The probe finds the",
         "# server's port on its command line, so `docker run IMAGE --port N` is probed on N.",
         f"HEALTHCHECK --interval=15s --timeout=5s --start-period={period}s --retries=3 \\",
-        f'  CMD ["python3", "{ct.HEALTHCHECK}"]',
-        f'ENTRYPOINT ["{ct.ENTRYPOINT}"]',
+        f"  CMD {ct.dockerfile_json(['python3', ct.HEALTHCHECK])}",
+        f"ENTRYPOINT {ct.dockerfile_json([ct.ENTRYPOINT])}",
     ]
     notes: list[str] = []
     offline = " \\\n    ".join(f"{k}={v}" for k, v in ct.OFFLINE_ENV.items())
@@ -246,7 +255,7 @@ def render_context(profile: DeploymentProfile, options: BuildOptions) -> BuildCo
             "",
             "# Weights in the last layer: a new checkpoint rebuilds and re-pulls only this layer.",
             f"ENV {offline}",
-            f'COPY --chown={uid}:{gid} ["model/", "{model_in_image}/"]',
+            f"COPY --chown={uid}:{gid} {ct.dockerfile_json(['model/', f'{model_in_image}/'])}",
         ]
     elif options.model_source == "download":
         revision = options.revision or "main"
@@ -269,8 +278,8 @@ def render_context(profile: DeploymentProfile, options: BuildOptions) -> BuildCo
     dockerignore = ["# Only what the Dockerfile copies: nothing else (a stray token file) reaches the engine.", "*",
                     "!entrypoint.sh", "!healthcheck.py", "!trdeploy.yaml"]
     files = {
-        "Dockerfile": "\n".join(d) + "\n",
-        "entrypoint.sh": ct.entrypoint_script(profile, weights_in_image=in_image),
+        "Dockerfile": ct.check_dockerfile_lines("\n".join(d) + "\n"),
+        "entrypoint.sh": ct.entrypoint_script(profile, weights_in_image=in_image, api_key_required=options.api_key),
         "healthcheck.py": ct.HEALTHCHECK_SCRIPT,
         "trdeploy.yaml": profile.to_yaml(),
     }

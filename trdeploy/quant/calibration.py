@@ -155,8 +155,10 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
         if suffix == ".json" and text.lstrip().startswith("["):
             try:
                 data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise TrdeployError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}).", hint="Fix the file or use JSONL, one object a line.") from exc
+            except RecursionError:
+                raise TrdeployError(f"{path} is nested too deeply to read.", hint="Fix the file or use JSONL, one object a line.") from None
+            except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
+                raise TrdeployError(f"{path} is not valid JSON ({str(exc)[:100]}).", hint="Fix the file or use JSONL, one object a line.") from None
             if not all(isinstance(r, dict) for r in data):
                 raise TrdeployError(f"{path} must hold a list of objects.", hint="Each row: {\"text\": ...} or {\"messages\": [...]}.")
             return data
@@ -166,8 +168,10 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrdeployError(f"{path}:{line_no} is not valid JSON ({exc.msg}).", hint="Fix that line; JSONL holds one JSON object a line.") from exc
+            except RecursionError:
+                raise TrdeployError(f"{path}:{line_no} is nested too deeply to read.", hint="Fix that line; JSONL holds one JSON object a line.") from None
+            except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
+                raise TrdeployError(f"{path}:{line_no} is not valid JSON ({str(exc)[:100]}).", hint="Fix that line; JSONL holds one JSON object a line.") from None
             if not isinstance(row, dict):
                 raise TrdeployError(f"{path}:{line_no} is not a JSON object.", hint="Each row: {\"text\": ...} or {\"messages\": [...]}.")
             rows.append(row)

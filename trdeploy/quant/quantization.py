@@ -169,7 +169,7 @@ def quantize(request: QuantizeRequest, reporter: Reporter | None = None) -> dict
                 torch.cuda.reset_peak_memory_stats(device)
             torch.manual_seed(request.seed)
 
-            with atomic_directory(output, force=request.force) as tmp:
+            with atomic_directory(output, force=request.force, inputs={"MODEL": model_path}) as tmp:
                 report = _quantize_into(tmp, output, request, model_path, facts, tokenizer, calibration, evaluation, device, estimate, reporter, times)
                 reporter.stage("Writing the report and moving the checkpoint into place")
                 times["total"] = round(time.perf_counter() - t_start, 2)

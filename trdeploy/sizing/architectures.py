@@ -20,6 +20,7 @@ from typing import Any
 
 from trdeploy.errors import TrdeployError
 from trdeploy.hub import hub_error, is_hub_id, looks_like_path, split_revision
+from trdeploy.inputs import loads_json, read_limited
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 VOCAB_PADDING = 64  # vLLM pads vocab-parallel embeddings and lm_head to a multiple of 64 rows
@@ -251,9 +252,10 @@ def _quant_from_config(qc: dict[str, Any], where: str) -> QuantConfig | None:
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TrdeployError(f"{path} is not readable JSON ({exc.__class__.__name__}).", hint=f"Check the {what}.") from None
+        text = read_limited(path, limit=64 * 1024 * 1024, what=what, hint=f"Check the {what}.")
+    except OSError as exc:
+        raise TrdeployError(f"{path} is not readable ({exc.__class__.__name__}).", hint=f"Check the {what}.") from None
+    data = loads_json(text, where=str(path), hint=f"Check the {what}.", max_depth=32)
     if not isinstance(data, dict):
         raise TrdeployError(f"{path} is not a JSON object.", hint=f"Check the {what}.")
     return data

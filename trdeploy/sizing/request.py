@@ -11,6 +11,7 @@ from pydantic import field_validator
 
 from trdeploy.args import Args, arg
 from trdeploy.deployment import KvCacheDtype, Quantization
+from trdeploy.fields import Name, ShortText
 from trdeploy.sizing.gpus import GPUS
 from trdeploy.sizing.memory import KV_BLOCK_SIZE, CompileCache
 
@@ -90,8 +91,8 @@ class TuneRequest(Args):
         help="Storage read bandwidth for the weights at start-up, GB/s (predicts prediction.startup).",
         default_note="1 (a model-cache volume; local NVMe 2-7, a hub download 0.1-0.5)",
     )
-    name: str | None = arg(None, help="Profile name.", default_note="model-quant-gpu")
-    served_model_name: str | None = arg(None, help="vLLM served_model_name (the name clients send).", default_note="the model id")
+    name: Name | None = arg(None, help="Profile name (1-63 of A-Z a-z 0-9 . _ -).", default_note="model-quant-gpu")
+    served_model_name: ShortText | None = arg(None, help="vLLM served_model_name (the name clients send).", default_note="the model id")
     driver: str | None = arg(
         None, help="NVIDIA driver on the GPU nodes (what nvidia-smi prints): picks the CUDA build of the image.", default_note="assumed per GPU tier"
     )

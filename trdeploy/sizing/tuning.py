@@ -20,6 +20,7 @@ Steps (each a pure function of typed values except `context_tokens_per_word`, wh
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -706,7 +707,7 @@ def build_profile(
     assumptions = [*shape.assumptions, *_sla_note(req, sla), *traffic.assumptions, *_standard_assumptions(gpu, plan, req.compile_cache)]
     if model_note:
         assumptions.append(model_note)
-    name = req.name or f"{arch.name}-{plan.quantization if plan.quantization != 'none' else 'bf16'}-{gpu.tier}" + (f"-x{plan.tp}" if plan.tp > 1 else "")
+    name = req.name or default_name(arch.name, plan.quantization, gpu.tier, plan.tp)
     return DeploymentProfile(
         name=name,
         model=ModelInfo(
@@ -740,6 +741,13 @@ def build_profile(
         prediction=prediction,
         assumptions=assumptions,
     )
+
+
+def default_name(model_name: str, quantization: str, tier: str, tp: int) -> str:
+    """model-quant-tier[-xN], made a valid profile name (a hub id's or a path's other characters become '-')."""
+    suffix = f"-{quantization if quantization != 'none' else 'bf16'}-{tier}" + (f"-x{tp}" if tp > 1 else "")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name.rsplit("/", 1)[-1] if "/" in model_name else model_name).strip("-._")
+    return (stem[: 63 - len(suffix)].rstrip("-._") or "model") + suffix
 
 
 def node_facts(req: TuneRequest, gpu: GpuSpec, count: int) -> GpuInfo:

@@ -304,8 +304,10 @@ def _read_jsonl(corpus: Corpus) -> Iterator[DocumentBatch]:
         where = f"{path} line {line_no}"
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TrdeployError(f"{where} is not valid JSON ({exc.msg}).", hint="A JSONL corpus holds one JSON object a line.") from None
+        except RecursionError:
+            raise TrdeployError(f"{where} is nested too deeply to read.", hint="A JSONL corpus holds one JSON object a line.") from None
+        except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
+            raise TrdeployError(f"{where} is not valid JSON ({getattr(exc, 'msg', str(exc)[:80])}).", hint="A JSONL corpus holds one JSON object a line.") from None
         if fld is None:
             if not isinstance(row, dict):
                 raise TrdeployError(f"{where} is not an object.", hint="Each line of a JSONL corpus must be a JSON object.")

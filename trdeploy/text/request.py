@@ -41,5 +41,5 @@ class ProfileRequest(Args):
     limit: int | None = arg(None, ge=1, help="Read only the first N documents (pairs).")
     min_count: int = arg(DEFAULT_MIN_COUNT, ge=1, help="Fragmented words: seen at least this often.")
     top_words: int = arg(DEFAULT_TOP_WORDS, ge=0, help="Fragmented words: how many to list (0: none).")
-    resamples: int = arg(BOOTSTRAP_RESAMPLES, ge=MIN_RESAMPLES, help="Bootstrap resamples for the premium's 95% interval.")
+    resamples: int = arg(BOOTSTRAP_RESAMPLES, ge=MIN_RESAMPLES, le=1_000_000, help="Bootstrap resamples for the premium's 95% interval.")
     seed: int = arg(BOOTSTRAP_SEED, ge=0, help="Bootstrap seed.")  # numpy's generators take no negative seed

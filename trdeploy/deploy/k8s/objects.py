@@ -37,7 +37,7 @@ def fetches_weights(p: Plan) -> bool:
 
 def _env(p: Plan) -> list[dict[str, Any]]:
     # The image's ENV (caches, HOME, USER) applies as it is; only what the pod adds is listed.
-    env: list[dict[str, Any]] = [{"name": ct.EXPECT_PROFILE_ENV, "value": p.profile_sha256}]
+    env: list[dict[str, Any]] = [{"name": ct.EXPECT_PROFILE_ENV, "value": ct.k8s_text(p.profile_sha256)}]
     if fetches_weights(p):
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # the init container fetched the weights
     if p.api_key:
@@ -114,7 +114,7 @@ def _fetch_container(p: Plan) -> dict[str, Any]:
         "name": "fetch-model",
         "image": p.image,
         "imagePullPolicy": "Always",
-        "command": ["python3", "-c", script],  # HF_HOME and HOME: the image's (on the cache volume)
+        "command": ["python3", "-c", ct.k8s_text(script)],  # HF_HOME and HOME: the image's (on the cache volume)
         "env": env,
         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
         "securityContext": security_context(p),
@@ -166,7 +166,7 @@ def workload(p: Plan) -> dict[str, Any]:
     }
     template_labels = labels(p)
     if p.nodes == 1:
-        pod = pod_spec(p, command=[ct.ENTRYPOINT], args=p.extra_args, probes=True)
+        pod = pod_spec(p, command=[ct.ENTRYPOINT], args=[ct.k8s_text(a) for a in p.extra_args], probes=True)
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",

@@ -6,16 +6,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from trdeploy.deploy.container import promql_string
 from trdeploy.deploy.k8s.common import labels, meta, selector, serving_selector
 from trdeploy.deploy.k8s.plan import Plan
 from trdeploy.deploy.vllm_metrics import Histogram, VllmMetrics
+from trdeploy.errors import TrdeployError
 
 HPA_METRIC = "vllm_requests_in_flight"
 
 
 def sel(p: Plan, **extra: str) -> str:
+    """The one label-matcher builder: every value is a quoted PromQL string (a served name cannot close the
+    matcher and add an expression of its own)."""
     matchers = {"namespace": p.namespace, p.m.model_label: p.served_model_name, **extra}
-    return "{" + ",".join(f'{k}="{v}"' for k, v in matchers.items()) + "}"
+    return "{" + ",".join(f"{k}={promql_string(v)}" for k, v in matchers.items()) + "}"
 
 
 def in_flight_total(p: Plan) -> str:
@@ -28,7 +32,7 @@ def quantile(p: Plan, h: Histogram, q: float, window: str = "5m") -> str:
 
 
 def error_ratio(p: Plan, window: str = "5m") -> str:
-    matchers = f'namespace="{p.namespace}",pod=~"{p.name}-.*",handler=~"/v1/.*"'
+    matchers = f"namespace={promql_string(p.namespace)},pod=~{promql_string(p.name + '-.*')},handler=~\"/v1/.*\""
     return (
         f'sum(rate({p.m.http_requests}{{{matchers},status="5xx"}}[{window}])) / '
         f"clamp_min(sum(rate({p.m.http_requests}{{{matchers}}}[{window}])), 1e-9)"
@@ -55,6 +59,14 @@ def _bucket_note(h: Histogram, threshold_s: float, what: str, warnings: list[str
     if around is None:
         return f"{threshold_s:g} s is a bucket boundary of {h.name}: the quantile is exact at the threshold."
     lo, hi = around
+    if lo is None or hi is None:
+        # Below the first bucket histogram_quantile only interpolates from 0; above the last it returns the
+        # last bound: the alert could never say whether the SLA holds.
+        edge = f"below {h.name}'s smallest bucket ({h.buckets[0]:g} s)" if lo is None else f"above its largest finite bucket ({h.buckets[-1]:g} s)"
+        raise TrdeployError(
+            f"The SLA's {what} threshold {threshold_s:g} s is {edge}: vLLM's histogram cannot resolve it, so no alert could check it.",
+            hint=f"Re-run `trdeploy tune` with an SLA between {h.buckets[0]:g} s and {h.buckets[-1]:g} s for {what}.",
+        )
     note = (
         f"{what} threshold {threshold_s:g} s falls between {h.name} buckets {lo:g} s and {hi:g} s: "
         "histogram_quantile interpolates linearly there, so the alert fires on an estimate"

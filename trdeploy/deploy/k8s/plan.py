@@ -11,6 +11,9 @@ import math
 import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import field_validator
 
 from trdeploy import hub
 from trdeploy.args import Args, arg
@@ -19,6 +22,7 @@ from trdeploy.deploy.image import default_tag
 from trdeploy.deploy.vllm_metrics import VllmMetrics, metrics_for
 from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
+from trdeploy.fields import DnsLabel, DnsSubdomain, ImageRef, ShortText
 
 GiB = 1024**3
 
@@ -38,9 +42,9 @@ class RenderOptions(Args):
 
     command: ClassVar[str] = "render-k8s"
 
-    name: str | None = arg(None, help="Object name (at most 40 of a-z, 0-9, '-').", default_note="the profile's name")
-    namespace: str = arg("llm", help="Namespace for every object.")
-    image: str | None = arg(
+    name: ShortText | None = arg(None, help="Object name (at most 40 of a-z, 0-9, '-').", default_note="the profile's name")
+    namespace: DnsLabel = arg("llm", help="Namespace for every object.")
+    image: ImageRef | None = arg(
         None,
         help="The serving image `trdeploy build` made from this profile, as the cluster pulls it (REGISTRY/NAME:TAG).",
         default_note="build's default tag for the model source",
@@ -50,22 +54,32 @@ class RenderOptions(Args):
     target_concurrency: int | None = arg(None, ge=1, help="Requests in flight (running + waiting) per replica to scale at.",
                                          default_note="where the profile's SLA holds")
     multi_node: bool = arg(False, help="Allow a replica across nodes (LeaderWorkerSet, vLLM over Ray).")
-    runtime_class: str | None = arg(None, help="runtimeClassName for the pods (e.g. nvidia).")
+    runtime_class: DnsSubdomain | None = arg(None, help="runtimeClassName for the pods (e.g. nvidia).")
     model_source: ModelSource = arg(
         "pvc",
         help="pvc: weights and caches on a volume the replicas share (image from `build --model-source mount`); download: each pod "
         "fetches into an emptyDir; image: the weights are in the image (`build --model-source bake|download`), no volume over them.",
     )
-    storage_class: str | None = arg(None, help="storageClassName of the cache PVC (one that offers ReadWriteMany).")
+    storage_class: DnsSubdomain | None = arg(None, help="storageClassName of the cache PVC (one that offers ReadWriteMany).")
     cache_size_gi: int | None = arg(None, ge=1, help="Cache volume size in GiB.", default_note="1.25 x the weights + 20")
     api_key: bool = arg(True, flag="--api-key/--no-api-key", help="Require an API key on /v1 (VLLM_API_KEY from a Secret).")
-    api_key_secret: str | None = arg(None, help="Secret holding key 'api-key'.", default_note="NAME-api-key")
-    hf_token_secret: str | None = arg(None, help="Secret holding key 'token' (optional, for gated models).", default_note="NAME-hf-token")
+    api_key_secret: DnsSubdomain | None = arg(None, help="Secret holding key 'api-key'.", default_note="NAME-api-key")
+    hf_token_secret: DnsSubdomain | None = arg(None, help="Secret holding key 'token' (optional, for gated models).", default_note="NAME-hf-token")
     autoscaler: Literal["keda", "hpa", "none"] = arg("keda", help="keda (ScaledObject on Prometheus), hpa (custom metric via prometheus-adapter) or none.")
     monitor: Literal["servicemonitor", "podmonitor"] = arg("servicemonitor", help="prometheus-operator scrape object.")
-    prometheus_url: str = arg("http://prometheus-operated.monitoring.svc:9090", help="Prometheus the KEDA trigger queries.")
-    monitoring_namespace: str = arg("monitoring", help="Namespace allowed to scrape (NetworkPolicy).")
+    prometheus_url: str = arg("http://prometheus-operated.monitoring.svc:9090", help="Prometheus the KEDA trigger queries (no credentials in it: use a KEDA TriggerAuthentication).")
+    monitoring_namespace: DnsLabel = arg("monitoring", help="Namespace allowed to scrape (NetworkPolicy).")
     port: int = arg(ct.PORT, ge=1, le=65535, help="vLLM's HTTP port in the pod and the Service's port.")
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _prometheus_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or not re.fullmatch(r"[A-Za-z0-9._~:/?#\[\]@!&'()*+,;=%-]{1,2048}", value):
+            raise ValueError("must be an http(s) URL without spaces or quotes")
+        if parts.username or parts.password:
+            raise ValueError("must not hold credentials (they would be written into the manifests); use a KEDA TriggerAuthentication")
+        return value
 
 
 @dataclass(frozen=True)
