@@ -344,3 +344,10 @@ def test_cli_validate_reports_versions(tmp_path):
     assert v["checkov"]["skipped"] == sorted(CHECKOV_SKIPS) and v["checkov"]["failed"] == []
 
 
+
+
+def test_a_baked_image_without_model_source_image_is_warned_about():
+    prof = _load()
+    rendered = render(prof, RenderOptions(image="reg/tr/llama:abc-bake"))
+    assert any("Pass --model-source image" in w for w in rendered.warnings)
+    assert not any("--model-source image" in w for w in render(prof, RenderOptions(image="reg/tr/llama:abc-mount")).warnings)

@@ -46,6 +46,11 @@ def _warnings(p: Plan) -> list[str]:
             f"({'--model-source mount' if p.model_source != 'image' else 'bake'}); push it to a registry the cluster pulls from "
             "(`trdeploy build PROFILE --tag REGISTRY/NAME:TAG --push`) and pass that as --image."
         )
+    if p.model_source != "image" and p.image_given and p.image.rsplit(":", 1)[-1].endswith(("-bake", "-download")):
+        warnings.append(
+            f"--image {p.image} looks like a `build --model-source bake|download` image (its weights at {p.model_in_image}); "
+            f"with --model-source {p.model_source} the pods serve {p.model_in_container} instead. Pass --model-source image to serve the baked weights."
+        )
     if p.model_source == "pvc" and not p.model_is_hub:
         warnings.append(
             f"The model is the local folder {p.engine_model}: copy it onto the cache volume as "

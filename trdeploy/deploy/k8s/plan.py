@@ -98,6 +98,7 @@ class Plan:
     engine_model: str  # the profile's engine_args.model
     model_is_hub: bool
     model_in_container: str  # vllm serve's model argument inside the pod (the contract's rule)
+    model_in_image: str  # where a `build --model-source bake|download` image holds the weights
     model_source: str
     profile_name: str
     profile_sha256: str
@@ -228,6 +229,7 @@ def make_plan(profile: DeploymentProfile, opts: RenderOptions) -> Plan:
         gpus_per_pod=gpus_per_pod, gpus_per_node=per_node, served_model_name=profile.engine_args.served_model_name,
         engine_model=model, model_is_hub=model_is_hub,
         model_in_container=ct.model_path(profile, weights_in_image=opts.model_source == "image"),
+        model_in_image=ct.model_path(profile, weights_in_image=True),
         model_source=opts.model_source, profile_name=profile.name, profile_sha256=ct.profile_sha256(profile),
         node_labels=tuple(profile.gpu.node_labels), min_driver=profile.gpu.min_driver,
         replicas_min=replicas_min, replicas_max=replicas_max, target=target, target_basis=target_basis,
