@@ -140,3 +140,31 @@ def test_recipe_from_build_to_bench_and_from_render_k8s_to_bench(recipe, docker_
     finally:
         running.remove(force=True)
         docker_client.images.remove(tag, force=True)
+
+
+def test_baked_image_served_by_render_k8s_model_source_image(docker_client, vllm_base_image, tmp_path):
+    """`build --model-source bake` then `render-k8s --model-source image`: nothing is mounted over the baked
+    weights, the pod serves them (the stand-in exits 1 if the model folder is missing), bench sees no failure."""
+    recipe = ROOT / "recipes" / "llama-3-8b-awq-l40s.yaml"
+    profile = DeploymentProfile.load(recipe)
+    checkpoint = _checkpoint(tmp_path / "any-folder-name")
+    tag = f"trdeploy-test/e2e-bake:{free_port()}"
+    r = run_cli("build", str(recipe), "--base-image", vllm_base_image, "--tag", tag, "--model-source", "bake", "--model-dir", str(checkpoint), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    port = free_port()
+    out = tmp_path / "k8s"
+    r = run_cli("render-k8s", str(recipe), "-o", str(out), "--image", tag, "--port", str(port), "--model-source", "image", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    pod = next(yaml.safe_load_all((out / "deployment.yaml").read_text()))["spec"]["template"]["spec"]
+    name = json.loads(r.stdout)["facts"]["name"]
+    running, _ = run_pod(docker_client, pod, secrets={(f"{name}-api-key", "api-key"): KEY}, volumes_root=tmp_path / "volumes",
+                         name=f"trdeploy-e2e-bake-{port}", extra_env={"STANDIN_STARTUP_DELAY_S": "1"})
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", running, profile.prediction.startup.budget_s)
+        record = standin_record(running)
+        assert record["argv"][2] == ct.model_path(profile, weights_in_image=True) == "/models/Meta-Llama-3-8B-Instruct-awq"
+        assert record["env"]["HF_HUB_OFFLINE"] == "1"
+        _assert_bench_completed(_bench(f"http://127.0.0.1:{port}", recipe), profile)
+    finally:
+        running.remove(force=True)
+        docker_client.images.remove(tag, force=True)
