@@ -118,6 +118,7 @@ class ModelInfo(_Strict):
     max_position_embeddings: Annotated[int, Field(ge=1, le=100_000_000)]
     num_parameters: Annotated[int, Field(ge=0, le=10**15)]
     tokenizer: ShortText | None = None
+    tie_word_embeddings: bool = False
 
 
 class GpuInfo(_Strict):
@@ -191,6 +192,20 @@ class CapacityPlan(_Strict):
         if self.replicas_min > self.replicas_max:
             raise ValueError(f"replicas_min {self.replicas_min} is above replicas_max {self.replicas_max}")
         return self
+
+
+class CalibrationRef(_Strict):
+    """Which calibration the predictions come from (trdeploy.sizing.calibration): a file given to
+    `tune --calibration`, the one shipped for the tier, or (measured false) another tier's parameters on
+    this tier's datasheet figures."""
+
+    name: ShortText
+    source: Text  # the file, or shipped:trdeploy/data/calibrations/TIER.yaml
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    tier: Tier | None = None  # the tier it was measured on
+    measured: bool  # measured on this profile's tier
+    points: int = Field(0, ge=0, le=1_000_000)
+    basis: Text = ""
 
 
 class Prediction(_Strict):

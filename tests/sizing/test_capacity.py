@@ -13,25 +13,35 @@ from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
 from trdeploy.sizing import startup as st
 from trdeploy.sizing.architectures import PRESETS
+from trdeploy.sizing.batching import Engine, Load, Mix
+from trdeploy.sizing.calibration import resolve
 from trdeploy.sizing.compare import compare
 from trdeploy.sizing.gpus import GPUS, GiB
 from trdeploy.sizing.latency import predict_latency, step_model
-from trdeploy.sizing.memory import predict_kv_cache
+from trdeploy.sizing.memory import KV_BLOCK_SIZE, predict_kv_cache
 from trdeploy.sizing.request import DEFAULT_SLA_TPOT_MS, DEFAULT_SLA_TTFT_P95_MS
 from trdeploy.sizing.tuning import TuneRequest, tune
 
 
 def _latency_from_profile(p: DeploymentProfile, c: int):
-    """Recompute the latency at concurrency c from the profile alone (the public memory and latency models)."""
+    """Recompute the closed-loop latency at concurrency c from the profile alone (the public memory and latency
+    models with the tier's calibration), with max_num_seqs admitting every client (the SLA capacity's definition)."""
     ea = p.engine_args
-    arch, gpu = PRESETS[p.name.split("-bf16")[0].split("-awq")[0]], GPUS[p.gpu.tier]
+    arch = PRESETS[p.name.split("-bf16")[0].split("-awq")[0]]
+    tier = resolve(p.gpu.tier)
+    assert p.prediction.calibration is not None and p.prediction.calibration.sha256 == tier.ref.sha256  # the profile names what it used
     kv = predict_kv_cache(
-        arch, gpu, tp=ea.tensor_parallel_size, max_model_len=ea.max_model_len, max_num_seqs=ea.max_num_seqs,
+        arch, tier.gpu, tp=ea.tensor_parallel_size, max_model_len=ea.max_model_len, max_num_seqs=ea.max_num_seqs,
         max_num_batched_tokens=ea.max_num_batched_tokens, gpu_memory_utilization=ea.gpu_memory_utilization,
         kv_cache_dtype=ea.kv_cache_dtype, quantization=p.quantization,
     )
-    step = step_model(arch, gpu, tp=ea.tensor_parallel_size, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=p.quantization)
-    return predict_latency(step, concurrency=c, prompt_tokens=p.workload.prompt_tokens, output_tokens=p.workload.output_tokens, max_num_batched_tokens=ea.max_num_batched_tokens)
+    step = step_model(
+        arch, tier.gpu, tp=ea.tensor_parallel_size, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token,
+        quantization=p.quantization, params=tier.params,
+    )
+    seqs = max(ea.max_num_seqs, c)
+    engine = Engine(max_num_seqs=seqs, max_num_batched_tokens=max(ea.max_num_batched_tokens, seqs), kv_capacity_tokens=kv.num_blocks * KV_BLOCK_SIZE)
+    return predict_latency(step, engine, Mix(p.workload.prompt_tokens, p.workload.output_tokens), Load.closed(c, max(3 * c, 100)))
 
 
 def _meets(p: DeploymentProfile, lat) -> bool:
@@ -234,6 +244,6 @@ def test_cli_gpu_all_json_and_table():
     assert refused.returncode == 2 and "writes no profile" in refused.stderr
     # An error that is no tier's fault is one line once, not a row per tier.
     both = run_cli("tune", "--gpu", "all", "--concurrency", "8", "--requests-per-day", "1000", "--json")
-    assert both.returncode == 2 and both.stdout == "" and "either --concurrency or --requests-per-day" in both.stderr
+    assert both.returncode == 2 and both.stdout == "" and "--concurrency and --requests-per-day" in both.stderr
     too_long = run_cli("tune", "--gpu", "all", "--max-model-len", "65536")
     assert too_long.returncode == 2 and "exceeds llama-3-8b's 8192 positions" in too_long.stderr

@@ -15,7 +15,9 @@ from conftest import ROOT, run_cli
 from trdeploy.deployment import DeploymentProfile
 from trdeploy.errors import TrdeployError
 from trdeploy.sizing.architectures import PRESETS
-from trdeploy.sizing.gpus import GPUS, get_gpu
+from trdeploy.sizing.batching import Engine, Load, Mix
+from trdeploy.sizing.calibration import resolve
+from trdeploy.sizing.gpus import GPUS
 from trdeploy.sizing.latency import predict_latency, step_model
 from trdeploy.sizing.memory import predict_kv_cache
 from trdeploy.sizing.tuning import TuneRequest, tune
@@ -197,42 +199,45 @@ def test_the_steps_compose_to_tune():
 # --- Latency calibration -----------------------------------------------------------------------------------
 
 
-def _bench(id_):
-    return next(b for b in json.loads(MEASUREMENTS.read_text())["benchmarks"] if b["id"] == id_)
+def _h100_step(quant: str, params=None):
+    arch, tier = PRESETS["llama-3-8b"], resolve("h100")
+    kv = predict_kv_cache(arch, tier.gpu, max_model_len=8192, max_num_seqs=1024, max_num_batched_tokens=8192, quantization=quant)
+    step = step_model(arch, tier.gpu, tp=1, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=quant, params=params or tier.params)
+    return step, Engine(1024, 8192, kv.num_blocks * 16)
 
 
 @pytest.mark.parametrize("quant, bench_ids", [("none", ["h100-bf16-default-c100", "h100-bf16-default-c100-rerun"]), ("awq", ["h100-awq-default-c100"])])
-def test_latency_at_the_calibration_point(quant, bench_ids):
-    arch, gpu = PRESETS["llama-3-8b"], get_gpu("h100")
-    kv = predict_kv_cache(arch, gpu, max_model_len=8192, max_num_seqs=1024, max_num_batched_tokens=8192, quantization=quant)
-    step = step_model(arch, gpu, tp=1, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=quant)
-    lat = predict_latency(step, concurrency=100, prompt_tokens=512, output_tokens=300, max_num_batched_tokens=8192)
+def test_the_shipped_h100_calibration_predicts_its_points(quant, bench_ids):
+    step, engine = _h100_step(quant)
+    lat = predict_latency(step, engine, Mix(512, 300), Load.closed(100, 300))
     for bid in bench_ids:
-        m = _bench(bid)["measured"]
-        assert lat.tpot_p50_ms == pytest.approx(m["tpot_ms"]["p50"], rel=0.15)  # the goal
+        m = next(b for b in json.loads(MEASUREMENTS.read_text())["benchmarks"] if b["id"] == bid)["measured"]
+        assert lat.tpot_p50_ms == pytest.approx(m["tpot_ms"]["p50"], rel=0.10)
         assert lat.ttft_p95_ms == pytest.approx(m["ttft_ms"]["p95"], rel=0.15)
         assert lat.e2e_p95_ms == pytest.approx(m["e2e_ms"]["p95"], rel=0.15)
         assert lat.output_tokens_per_s == pytest.approx(m["output_tok_s"], rel=0.10)
-    # Decode-only steps (prefix-cached prompts) at low concurrency.
-    for c, bid in ((1, "h100-bf16-default-c1"), (32, "h100-bf16-default-c32")) if quant == "none" else ((1, "h100-awq-default-c1"),):
-        assert step.decode_step_ms(c, 512 + 150) == pytest.approx(_bench(bid)["measured"]["tpot_ms"]["p50"], rel=0.05)
 
 
 def test_latency_physics():
-    arch, h100, l4 = PRESETS["llama-3-8b"], get_gpu("h100"), get_gpu("l4")
+    arch, h100, l4 = PRESETS["llama-3-8b"], resolve("h100"), resolve("l4")
 
-    def step(gpu, quant="none"):
-        kv = predict_kv_cache(arch, gpu, max_model_len=4096, max_num_seqs=64, max_num_batched_tokens=2048, quantization=quant)
-        return step_model(arch, gpu, tp=1, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=quant)
+    def step(tier, quant="none"):
+        kv = predict_kv_cache(arch, tier.gpu, max_model_len=4096, max_num_seqs=64, max_num_batched_tokens=2048, quantization=quant)
+        return step_model(arch, tier.gpu, tp=1, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=quant, params=tier.params)
 
     # A GPU with 11x less bandwidth decodes much slower; more sequences and longer contexts cost more.
     assert step(l4).decode_step_ms(1, 1000) > 8 * step(h100).decode_step_ms(1, 1000)
     s = step(h100)
     assert s.decode_step_ms(64, 1000) > s.decode_step_ms(8, 1000) > s.decode_step_ms(8, 100)
     assert step(h100, "awq").decode_step_ms(1, 500) < s.decode_step_ms(1, 500)  # 4-bit weights read faster
-    lat = [predict_latency(s, concurrency=c, prompt_tokens=1024, output_tokens=256, max_num_batched_tokens=2048) for c in (1, 8, 64)]
+    engine = Engine(max_num_seqs=64, max_num_batched_tokens=2048)
+    lat = [predict_latency(s, engine, Mix(1024, 256), Load.closed(c, 3 * c)) for c in (1, 8, 64)]
     assert lat[0].ttft_p95_ms < lat[1].ttft_p95_ms < lat[2].ttft_p95_ms
     assert lat[0].output_tokens_per_s < lat[1].output_tokens_per_s < lat[2].output_tokens_per_s
+    # Poisson arrivals at the closed loop's throughput wait less for their first token than its waves.
+    closed = predict_latency(s, engine, Mix(1024, 256), Load.closed(8, 400))
+    spread = predict_latency(s, engine, Mix(1024, 256), Load.poisson(closed.requests_per_s * 0.7, 400))
+    assert spread.ttft_p50_ms < closed.ttft_p50_ms and spread.arrivals == "poisson"
 
 
 # --- SLA, traffic, replicas ------------------------------------------------------------------------------------
@@ -257,9 +262,12 @@ def test_requests_per_day_sets_replicas_and_cost():
     for r in (small, big):
         p = r.profile.prediction
         assert p.hourly_cost_usd == pytest.approx(p.replicas * r.profile.gpu.count * GPUS["h100"].hourly_usd)
-        # Enough capacity for the peak rate.
-        per_replica = p.details["latency_per_replica"]["requests_per_s"]
-        assert per_replica * p.replicas >= p.details["peak_requests_per_s"] * 0.999
+        # Every replica takes its share of the peak rate, predicted as Poisson arrivals at that rate, and the
+        # closed-loop capacity plan covers the peak too.
+        lat = p.details["latency_per_replica"]
+        assert lat["arrivals"] == "poisson" and lat["request_rate"] * p.replicas == pytest.approx(p.details["peak_requests_per_s"], rel=0.01)
+        assert p.capacity.requests_per_s_per_replica * p.replicas >= p.details["peak_requests_per_s"] * 0.999
+        assert any("Poisson arrivals at" in a for a in r.profile.assumptions)
 
 
 # --- Model sources -----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, get_args
 
 import typer
@@ -12,7 +13,7 @@ from trdeploy.args import default
 from trdeploy.cli._options import ForceOpt, JsonOpt, OutputOpt, choices, opt
 from trdeploy.deployment import KV_CACHE_DTYPES, QUANTIZATIONS
 from trdeploy.errors import TrdeployError
-from trdeploy.output import emit, ensure_writable, warn
+from trdeploy.output import emit, ensure_writable, refuse_input_as_output, warn
 from trdeploy.sizing.memory import CompileCache as CompileCacheLiteral
 from trdeploy.sizing.request import TuneRequest
 
@@ -38,6 +39,7 @@ def tune(
     output_tokens: Annotated[int | None, opt(R, "output_tokens")] = default(R, "output_tokens"),
     concurrency: Annotated[int | None, opt(R, "concurrency", "--concurrency", "-c")] = default(R, "concurrency"),
     requests_per_day: Annotated[float | None, opt(R, "requests_per_day")] = default(R, "requests_per_day"),
+    request_rate: Annotated[float | None, opt(R, "request_rate")] = default(R, "request_rate"),
     peak_factor: Annotated[float, opt(R, "peak_factor")] = default(R, "peak_factor"),
     sla_ttft_p95_ms: Annotated[float | None, opt(R, "ttft_p95_ms")] = default(R, "ttft_p95_ms"),
     sla_e2e_p95_ms: Annotated[float | None, opt(R, "e2e_p95_ms")] = default(R, "e2e_p95_ms"),
@@ -47,6 +49,7 @@ def tune(
     gpu_memory_utilization: Annotated[float | None, opt(R, "gpu_memory_utilization")] = default(R, "gpu_memory_utilization"),
     compile_cache: Annotated[CompileCache, opt(R, "compile_cache")] = default(R, "compile_cache"),
     weights_read_gbps: Annotated[float | None, opt(R, "weights_read_gbps")] = default(R, "weights_read_gbps"),
+    calibration: Annotated[Path | None, opt(R, "calibration")] = default(R, "calibration"),
     name: Annotated[str | None, opt(R, "name")] = default(R, "name"),
     served_model_name: Annotated[str | None, opt(R, "served_model_name")] = default(R, "served_model_name"),
     driver: Annotated[str | None, opt(R, "driver")] = default(R, "driver"),
@@ -75,6 +78,10 @@ def tune(
         trdeploy tune --gpu rtx4090 --driver 575.57.08 --served-model-name turkce-asistan -o trdeploy.yaml
 
         trdeploy tune --gpu all --quantization awq --requests-per-day 100000   # every tier side by side
+
+        trdeploy tune --gpu h100 --calibration calibration.yaml -o trdeploy.yaml   # predictions measured on your GPU
+
+        trdeploy tune --gpu h200 --request-rate 12 --sla-ttft-p95-ms 1500          # Poisson arrivals, 12 requests/s at peak
     """
     from trdeploy.sizing.tuning import tune as run_tune
 
@@ -83,6 +90,7 @@ def tune(
         raise TrdeployError("--gpu all compares every tier and writes no profile; -o/--output needs one tier.", hint="Pick a tier from the comparison and run `trdeploy tune --gpu TIER -o FILE`.")
     if output is not None:
         ensure_writable(output, force=force)
+        refuse_input_as_output(output, {"--calibration": calibration, "--corpus": corpus if corpus and Path(corpus).exists() else None})
     req = TuneRequest(
         gpu=gpu,
         model=model,
@@ -98,6 +106,7 @@ def tune(
         output_tokens=output_tokens,
         concurrency=concurrency,
         requests_per_day=requests_per_day,
+        request_rate=request_rate,
         peak_factor=peak_factor,
         ttft_p95_ms=sla_ttft_p95_ms,
         e2e_p95_ms=sla_e2e_p95_ms,
@@ -107,6 +116,7 @@ def tune(
         gpu_memory_utilization=gpu_memory_utilization,
         compile_cache=getattr(compile_cache, "value", compile_cache),
         weights_read_gbps=weights_read_gbps,
+        calibration=calibration,
         name=name,
         served_model_name=served_model_name,
         driver=driver,
@@ -154,7 +164,12 @@ def _render(console: Console, result, written: str | None) -> None:
     mem.add_row(f"max concurrency at {p.workload.prompt_tokens}+{p.workload.output_tokens} tokens", f"{pred.max_concurrency['at_typical_request']:.1f}x")
     console.print(mem)
 
-    perf = Table(title=f"Predicted at {lat['concurrency']} concurrent requests per replica", show_header=True, header_style="bold")
+    load = (
+        f"Poisson arrivals at {lat['request_rate']:g} requests/s per replica (~{lat['concurrency']} in flight)"
+        if lat.get("arrivals") == "poisson"
+        else f"{lat['concurrency']} concurrent requests per replica (closed loop)"
+    )
+    perf = Table(title=f"Predicted at {load}", show_header=True, header_style="bold")
     perf.add_column("metric")
     perf.add_column("value", justify="right")
     perf.add_row("TTFT p95 / p50", f"{pred.ttft_ms:,.0f} / {lat['ttft_p50_ms']:,.0f} ms")
@@ -174,6 +189,9 @@ def _render(console: Console, result, written: str | None) -> None:
         perf.add_row("start-up (cold / warm)", f"{pred.startup.cold_s:.0f} / {pred.startup.warm_s:.0f} s")
     console.print(perf)
 
+    if pred.calibration is not None:
+        cal = pred.calibration
+        console.print(f"[dim]Speed and memory parameters: {cal.basis} ({cal.source}).[/]")
     console.print("[bold]Start it with:[/]")
     console.print(" ".join(p.engine_args.serve_command()), soft_wrap=True, highlight=False)
     console.print(f"[dim]{len(p.assumptions)} assumptions recorded in the profile (see --json or the YAML).[/]")

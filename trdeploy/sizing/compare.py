@@ -20,6 +20,7 @@ from typing import Any
 
 from trdeploy.errors import TrdeployError
 from trdeploy.sizing.architectures import resolve_model
+from trdeploy.sizing.calibration import Calibration
 from trdeploy.sizing.gpus import GPUS, GpuSpec
 from trdeploy.sizing.memory import valid_tp_sizes
 from trdeploy.sizing.request import TuneRequest
@@ -87,10 +88,12 @@ def _gpu_counts(req: TuneRequest, arch) -> list[int]:
     return [req.gpus] if req.gpus is not None else valid_tp_sizes(arch, MAX_TP)
 
 
-def _row(req: TuneRequest, gpu: GpuSpec, tp: int, tpw: float) -> TierRow:
-    base = {"tier": gpu.tier, "name": gpu.name, "gpus": tp, "memory_measured": gpu.memory_measured, "speed_measured": gpu.speed_measured}
+def _row(req: TuneRequest, gpu: GpuSpec, tp: int, tpw: float, calibrated: bool) -> TierRow:
+    """One tier at `tp` GPUs; `calibrated`: the request's --calibration was measured on this tier."""
+    measured = calibrated or gpu.speed_measured
+    base = {"tier": gpu.tier, "name": gpu.name, "gpus": tp, "memory_measured": calibrated or gpu.memory_measured, "speed_measured": measured}
     try:
-        result = tune(replace_request(req, gpu=gpu.tier, gpus=tp))
+        result = tune(replace_request(req, gpu=gpu.tier, gpus=tp, calibration=req.calibration if calibrated else None))
     except TrdeployError as exc:
         return TierRow(fits=False, why=exc.message, **base)
     p = result.profile
@@ -141,20 +144,22 @@ def compare(req: TuneRequest, *, tokens_per_word_fn: TokensPerWordFn = context_t
     measured_req = replace_request(req, tokens_per_word=tpw)
     shape = plan_shape(measured_req, model, tokens_per_word_fn)  # raises the context errors once
     sla = plan_sla(req)
+    cal_tier = Calibration.load(req.calibration).gpu.tier if req.calibration is not None else None
     rows: list[TierRow] = []
     for tier in tiers or list(GPUS):
         gpu = GPUS[tier]
         for tp in _gpu_counts(req, model.arch):
-            row = _row(measured_req, gpu, tp, tpw)
+            row = _row(measured_req, gpu, tp, tpw, calibrated=tier == cal_tier)
             rows.append(row)
             if row.fits and row.sla_capacity_per_replica:
                 break  # more GPUs only when fewer do not start or do not meet the SLA
     notes = [
-        "Predictions, not measurements: vLLM 0.25 memory accounting and the roofline latency model of `trdeploy tune`.",
+        "Predictions, not measurements: vLLM 0.25 memory accounting and the latency model of `trdeploy tune` (continuous batching "
+        "simulated with each tier's calibration).",
         f"$ per million words: one replica's hourly price over the Turkish words it generates per hour at its SLA capacity "
         f"(output tokens/s x 3600 / {tpw:.3f} tokens per word: {tpw_source}).",
-        "Tiers marked as not measured use datasheet bandwidth and throughput with the H100's fitted efficiencies "
-        "and CUDA-visible memory from public reports (trdeploy.sizing.gpus).",
+        "Tiers marked as not measured use datasheet bandwidth and throughput with the H100 calibration's efficiencies "
+        "and CUDA-visible memory from public reports (trdeploy.sizing.gpus); `--calibration FILE` replaces them for its tier.",
         "Prices: typical on-demand USD per GPU-hour seen 2025-06; check your provider.",
     ]
     if sla_is_default(req):

@@ -5,6 +5,7 @@ decided in trdeploy.sizing.tuning."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import field_validator
@@ -58,7 +59,10 @@ class TuneRequest(Args):
     concurrency: int | None = arg(
         None, ge=1, help="Requests in flight to plan for (all replicas).", default_note=str(DEFAULT_CONCURRENCY)
     )
-    requests_per_day: float | None = arg(None, gt=0, help="Daily traffic to plan replicas for (instead of --concurrency).")
+    requests_per_day: float | None = arg(None, gt=0, help="Daily traffic to plan replicas for (instead of --concurrency); latency for Poisson arrivals.")
+    request_rate: float | None = arg(
+        None, gt=0, help="Peak arrivals per second over all replicas (instead of --concurrency); latency predicted for Poisson arrivals."
+    )
     peak_factor: float = arg(DEFAULT_PEAK_FACTOR, ge=1.0, help="Peak-hour rate over the daily average rate.")
     ttft_p95_ms: float | None = arg(
         None,
@@ -90,6 +94,11 @@ class TuneRequest(Args):
         gt=0,
         help="Storage read bandwidth for the weights at start-up, GB/s (predicts prediction.startup).",
         default_note="1 (a model-cache volume; local NVMe 2-7, a hub download 0.1-0.5)",
+    )
+    calibration: Path | None = arg(
+        None,
+        help="A calibration file from `trdeploy calibrate` (your GPU, measured): its tier is predicted with it.",
+        default_note="the tier's shipped calibration (h100, h200), else the h100's parameters",
     )
     name: Name | None = arg(None, help="Profile name (1-63 of A-Z a-z 0-9 . _ -).", default_note="model-quant-gpu")
     served_model_name: ShortText | None = arg(None, help="vLLM served_model_name (the name clients send).", default_note="the model id")

@@ -23,14 +23,17 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from trdeploy.deployment import SLA, CapacityPlan, DeploymentProfile, EngineArgs, GpuInfo, ModelInfo, Prediction, Workload
+from trdeploy.deployment import SLA, CalibrationRef, CapacityPlan, DeploymentProfile, EngineArgs, GpuInfo, ModelInfo, Prediction, Workload
 from trdeploy.errors import TrdeployError
 from trdeploy.sizing.architectures import ResolvedModel, resolve_model
+from trdeploy.sizing.batching import Engine, Load, Mix
+from trdeploy.sizing.calibration import Calibration, resolve
 from trdeploy.sizing.gpus import CUDA_MIN_DRIVER, GiB, GpuSpec, cuda_for_driver, driver_tuple, get_gpu
-from trdeploy.sizing.latency import LatencyPrediction, predict_latency, step_model
+from trdeploy.sizing.latency import LatencyParams, LatencyPrediction, predict_latency, step_model
 from trdeploy.sizing.memory import (
     CUDA_GRAPH_GIB,
     KV_BLOCK_SIZE,
@@ -58,6 +61,21 @@ from trdeploy.sizing.startup import StartupInputs, predict_startup
 
 MAX_TP = 8
 MAX_MODEL_LEN_ROUNDING = 256
+# The closed-loop load tune predicts at a concurrency C: C clients sending 3 x C requests (at least 100), the
+# run `trdeploy calibrate` and `bench --sweep` measure; its first wave arrives at once, as in a bench run.
+CLOSED_LOOP_WAVES = 3
+MIN_REQUESTS = 100
+# Arrivals at a request rate: about two minutes of them (400 to 2,000 requests), seed 0.
+POISSON_SECONDS = 120.0
+POISSON_REQUESTS = (400, 2000)
+
+
+def closed_loop_requests(concurrency: int) -> int:
+    return max(CLOSED_LOOP_WAVES * concurrency, MIN_REQUESTS)
+
+
+def poisson_requests(rate: float) -> int:
+    return int(min(POISSON_REQUESTS[1], max(POISSON_REQUESTS[0], round(rate * POISSON_SECONDS))))
 
 
 @dataclass
@@ -152,7 +170,8 @@ def _what_would_fit(model: ResolvedModel, gpu: GpuSpec, plan: _Plan, compile_cac
     kvs = [plan.kv_cache_dtype] + (["fp8"] if plan.kv_cache_dtype == "auto" else [])
     tps = [t for t in valid_tp_sizes(model.arch, MAX_TP) if t >= plan.tp]
     fitting: list[tuple[GpuSpec, _Plan, KvCachePrediction]] = []
-    for g in GPUS.values():
+    for tier in GPUS:
+        g = gpu if tier == gpu.tier else resolve(tier).gpu  # each tier with its calibrated memory
         if g.cuda_total_bytes < gpu.cuda_total_bytes and g is not gpu:
             continue
         for q in quants:
@@ -271,9 +290,11 @@ TokensPerWordFn = Callable[[str, "str | None", float], tuple[float, str]]
 class Target:
     """Step 1: what runs where."""
 
-    gpu: GpuSpec
+    gpu: GpuSpec  # with the CUDA-visible memory of its calibration
     model: ResolvedModel
     quantization: str  # none | awq | fp8
+    params: LatencyParams = field(default_factory=lambda: resolve("h100").params)
+    calibration: CalibrationRef | None = None
 
 
 @dataclass(frozen=True)
@@ -302,6 +323,7 @@ class Traffic:
     assumptions: tuple[str, ...]
     total_concurrency: int | None = None  # with --concurrency (or its default): requests in flight at peak
     peak_factor: float = 3.0
+    per_replica_rate: float | None = None  # with an arrival rate: each replica's share (requests/s), Poisson
 
 
 @dataclass(frozen=True)
@@ -335,17 +357,37 @@ def _resolve_quant(model: ResolvedModel, requested: str | None, gpu: GpuSpec, wa
 
 
 def resolve_target(req: TuneRequest, warnings: list[str]) -> Target:
-    """Step 1: the GPU tier, the model (preset, folder, hub id) and its quantization."""
+    """Step 1: the GPU tier (with its calibration: --calibration, else the shipped one, else the H100's
+    parameters on its datasheet figures), the model (preset, folder, hub id) and its quantization."""
     gpu = get_gpu(req.gpu)
+    cal = Calibration.load(req.calibration) if req.calibration is not None else None
+    if cal is not None and cal.gpu.tier != gpu.tier:
+        raise TrdeployError(
+            f"{req.calibration} was measured on {cal.gpu.tier}, not {gpu.tier}.",
+            hint=f"Use --gpu {cal.gpu.tier} with it, or calibrate {gpu.tier} (`trdeploy calibrate`).",
+        )
+    tier = resolve(gpu.tier, cal, source=str(req.calibration) if req.calibration is not None else None)
     model = resolve_model(req.model)
-    return Target(gpu=gpu, model=model, quantization=_resolve_quant(model, req.quantization, gpu, warnings))
+    quant = _resolve_quant(model, req.quantization, gpu, warnings)
+    if cal is not None:
+        kinds = {"awq" if r.quantization == "awq" else "16-bit" for r in cal.runs if r.points}
+        kind = "awq" if quant == "awq" else "16-bit"
+        if kinds and kind not in kinds:
+            warnings.append(
+                f"{req.calibration} measured {', '.join(sorted(kinds))} weights only: the {kind} efficiencies are its starting values ({cal.prior}), not measured."
+            )
+    return Target(gpu=tier.gpu, model=model, quantization=quant, params=tier.params, calibration=tier.ref)
 
 
 def check_load_and_overrides(req: TuneRequest, gpu: GpuSpec) -> float:
     """The cheap checks across options (TuneRequest checks each alone), before any corpus is read.
     Returns gpu_memory_utilization."""
-    if req.concurrency is not None and req.requests_per_day is not None:
-        raise TrdeployError("Pass either --concurrency or --requests-per-day, not both.", hint="--concurrency is per deployment; --requests-per-day derives it.")
+    loads = [flag for flag, v in (("--concurrency", req.concurrency), ("--requests-per-day", req.requests_per_day), ("--request-rate", req.request_rate)) if v is not None]
+    if len(loads) > 1:
+        raise TrdeployError(
+            f"Pass one of --concurrency, --requests-per-day and --request-rate, not {' and '.join(loads)}.",
+            hint="--concurrency is requests in flight (a closed loop); the other two are arrival rates (Poisson).",
+        )
     util = req.gpu_memory_utilization if req.gpu_memory_utilization is not None else DEFAULT_GPU_MEMORY_UTILIZATION
     _check_utilization(util, gpu, req.gpus or 1)
     node_facts(req, gpu, req.gpus or 1)  # --driver/--cuda: refused before any work
@@ -471,16 +513,38 @@ def choose_tensor_parallel(target: Target, base_plan: _Plan, gpus: int | None, c
     raise _not_fit_error(model, gpu, base_plan, _predict(model, gpu, base_plan, compile_cache), compile_cache, gpus_fixed=False)
 
 
-def _latency_fn(target: Target, plan: _Plan, kv: KvCachePrediction, shape: Shape) -> Callable[[int], LatencyPrediction]:
-    """Predicted latency per replica at a concurrency, for this plan."""
-    step = step_model(
-        target.model.arch, target.gpu, tp=plan.tp, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization=plan.quantization
-    )
+def _step(target: Target, plan: _Plan, kv: KvCachePrediction):
+    return step_model(
+        target.model.arch, target.gpu, tp=plan.tp, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token,
+        quantization=plan.quantization, params=target.params,
+    )  # fmt: skip
 
+
+def _latency_fn(target: Target, plan: _Plan, kv: KvCachePrediction, shape: Shape, *, admit_all: bool = True) -> Callable[[int], LatencyPrediction]:
+    """Predicted latency per replica of a closed loop at a concurrency, for this plan. `admit_all`: as if
+    max_num_seqs admitted every client (the SLA capacity, which tune then sizes max_num_seqs for)."""
+    step = _step(target, plan, kv)
+    mix = Mix(shape.prompt_tokens, shape.output_tokens)
+    capacity = kv.num_blocks * KV_BLOCK_SIZE
+
+    @cache
     def latency_at(c: int) -> LatencyPrediction:
-        return predict_latency(
-            step, concurrency=c, prompt_tokens=shape.prompt_tokens, output_tokens=shape.output_tokens, max_num_batched_tokens=plan.max_num_batched_tokens
-        )
+        seqs = max(plan.max_num_seqs, c) if admit_all else plan.max_num_seqs
+        engine = Engine(max_num_seqs=seqs, max_num_batched_tokens=max(plan.max_num_batched_tokens, seqs), kv_capacity_tokens=capacity)
+        return predict_latency(step, engine, mix, Load.closed(c, closed_loop_requests(c)))
+
+    return latency_at
+
+
+def _rate_latency_fn(target: Target, plan: _Plan, kv: KvCachePrediction, shape: Shape) -> Callable[[float], LatencyPrediction]:
+    """Predicted latency per replica of Poisson arrivals at a rate (requests/s), for this plan."""
+    step = _step(target, plan, kv)
+    mix = Mix(shape.prompt_tokens, shape.output_tokens)
+    engine = Engine(max_num_seqs=plan.max_num_seqs, max_num_batched_tokens=plan.max_num_batched_tokens, kv_capacity_tokens=kv.num_blocks * KV_BLOCK_SIZE)
+
+    @cache
+    def latency_at(rate: float) -> LatencyPrediction:
+        return predict_latency(step, engine, mix, Load.poisson(rate, poisson_requests(rate)))
 
     return latency_at
 
@@ -489,26 +553,44 @@ def _kv_capacity(kv: KvCachePrediction, shape: Shape) -> int:
     return max(1, int(kv.concurrency_for(shape.typical)))
 
 
-def plan_traffic(req: TuneRequest, latency_at: Callable[[int], LatencyPrediction], kv_capacity: int, sla: SLA) -> Traffic:
+def plan_traffic(
+    req: TuneRequest,
+    latency_at: Callable[[int], LatencyPrediction],
+    kv_capacity: int,
+    sla: SLA,
+    rate_latency_at: Callable[[float], LatencyPrediction] | None = None,
+) -> Traffic:
     """Step 5a: the per-replica concurrency we plan up to (the KV cache, max_num_seqs, the SLA) and the replicas
-    for the traffic target (--requests-per-day through Little's law, or --concurrency)."""
+    for the traffic target: --concurrency (closed loop), or an arrival rate (--requests-per-day, --request-rate):
+    replicas for the rate at the closed loop's SLA capacity, then more while Poisson arrivals at each replica's
+    share of the rate (burstier than a closed loop) break the SLA."""
     ok = _sla_checker(sla)
     seqs_user = req.max_num_seqs
     cap = min(kv_capacity, seqs_user) if seqs_user else kv_capacity
     sla_max = _highest(lambda c: ok(latency_at(c)), cap) if ok else None
     limit = sla_max if sla_max else cap
-    if req.requests_per_day is not None:
-        peak_rps = req.requests_per_day / 86400.0 * req.peak_factor
+    if req.requests_per_day is not None or req.request_rate is not None:
+        peak_rps = req.request_rate if req.request_rate is not None else req.requests_per_day / 86400.0 * req.peak_factor  # type: ignore[operator]
         per_replica_max = latency_at(limit).requests_per_s
         replicas = max(1, math.ceil(peak_rps / per_replica_max - 1e-9))
+        if ok and rate_latency_at is not None:
+            for _ in range(4 * replicas + 8):
+                if ok(rate_latency_at(peak_rps / replicas)):
+                    break
+                replicas += 1
         need = peak_rps / replicas
         per_replica = _highest(lambda c: latency_at(c).requests_per_s < need, limit) + 1
         per_replica = min(max(1, per_replica), limit)
-        note = (
-            f"Traffic: {req.requests_per_day:g} requests/day x peak factor {req.peak_factor:g} = {peak_rps:.3f} requests/s at peak, "
-            f"served by {replicas} replica(s) at {per_replica} concurrent requests each (Little's law on the predicted end-to-end latency)."
+        given = (
+            f"{req.request_rate:g} requests/s at peak (--request-rate)"
+            if req.request_rate is not None
+            else f"{req.requests_per_day:g} requests/day x peak factor {req.peak_factor:g} = {peak_rps:.3f} requests/s at peak"
         )
-        return Traffic(per_replica=per_replica, replicas=replicas, peak_rps=peak_rps, assumptions=(note,), peak_factor=req.peak_factor)
+        note = (
+            f"Traffic: {given}, served by {replicas} replica(s): Poisson arrivals at {need:.3f} requests/s each, about {per_replica} "
+            "in flight (Little's law on the predicted end-to-end latency)."
+        )
+        return Traffic(per_replica=per_replica, replicas=replicas, peak_rps=peak_rps, assumptions=(note,), peak_factor=req.peak_factor, per_replica_rate=need)
     total = req.concurrency if req.concurrency is not None else DEFAULT_CONCURRENCY
     notes: tuple[str, ...] = ()
     if req.concurrency is None:
@@ -561,7 +643,10 @@ def assess(target: Target, plan: _Plan, kv: KvCachePrediction, shape: Shape, tra
     per_replica = traffic.per_replica
     ok = _sla_checker(sla)
     warnings: list[str] = []
-    lat = latency_at(per_replica)
+    if traffic.per_replica_rate is not None:
+        lat = _rate_latency_fn(target, plan, kv, shape)(traffic.per_replica_rate)
+    else:
+        lat = _latency_fn(target, plan, kv, shape, admit_all=False)(per_replica)
     sla_met = ok(lat) if ok else None
     sla_max: int | None = None
     capacity_sla = sla_capacity(latency_at, sla, kv_capacity)
@@ -573,8 +658,9 @@ def assess(target: Target, plan: _Plan, kv: KvCachePrediction, shape: Shape, tra
                 "the rest wait in vLLM's queue (leave --max-num-seqs out to let tune size it)."
             )
         if not sla_met:
+            at = f"{traffic.per_replica_rate:.3f} requests/s (Poisson)" if traffic.per_replica_rate is not None else f"{per_replica} concurrent requests"
             warnings.append(
-                f"The SLA does not hold at {per_replica} concurrent requests per replica (predicted p95 TTFT {lat.ttft_p95_ms:.0f} ms, "
+                f"The SLA does not hold at {at} per replica (predicted p95 TTFT {lat.ttft_p95_ms:.0f} ms, "
                 f"median TPOT {lat.tpot_p50_ms:.1f} ms, p95 end-to-end {lat.e2e_p95_ms:.0f} ms); "
                 + (f"it holds up to {sla_max} per replica." if sla_max else "it does not hold even for a single request on this configuration.")
             )
@@ -672,6 +758,7 @@ def build_profile(
         sla_max_concurrency=outcome.sla_max,
         sla_capacity_per_replica=outcome.sla_capacity,
         capacity=outcome.capacity,
+        calibration=target.calibration,
         startup=predict_startup(
             StartupInputs(
                 weights_bytes=kv.weights_gib * GiB * plan.tp, num_layers=arch.num_hidden_layers, gpu_tier=gpu.tier, tp=plan.tp, read_gb_per_s=req.weights_read_gbps
@@ -704,7 +791,7 @@ def build_profile(
             "checkpoint_bytes": model.checkpoint_bytes,
         },
     )
-    assumptions = [*shape.assumptions, *_sla_note(req, sla), *traffic.assumptions, *_standard_assumptions(gpu, plan, req.compile_cache)]
+    assumptions = [*shape.assumptions, *_sla_note(req, sla), *traffic.assumptions, *_standard_assumptions(gpu, plan, req.compile_cache, target.calibration, lat)]
     if model_note:
         assumptions.append(model_note)
     name = req.name or default_name(arch.name, plan.quantization, gpu.tier, plan.tp)
@@ -723,6 +810,7 @@ def build_profile(
             max_position_embeddings=arch.max_position_embeddings,
             num_parameters=model.num_parameters,
             tokenizer=model.tokenizer,
+            tie_word_embeddings=arch.tie_word_embeddings,
         ),
         quantization=plan.quantization,  # type: ignore[arg-type]
         gpu=node_facts(req, gpu, plan.tp),
@@ -787,7 +875,7 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: TokensPerWordFn = context_toke
     sla = plan_sla(req)
     plan, kv = choose_tensor_parallel(target, initial_plan(req, target, shape.max_model_len, util), req.gpus, req.compile_cache)
     latency_at = _latency_fn(target, plan, kv, shape)
-    traffic = plan_traffic(req, latency_at, _kv_capacity(kv, shape), sla)
+    traffic = plan_traffic(req, latency_at, _kv_capacity(kv, shape), sla, _rate_latency_fn(target, replace(plan, max_num_seqs=max(plan.max_num_seqs, _kv_capacity(kv, shape))), kv, shape))
     capacity = sla_capacity(latency_at, sla, _kv_capacity(kv, shape))
     plan, kv = settle_max_num_seqs(req, target, plan, kv, traffic.per_replica, _kv_capacity(kv, shape), capacity)
     outcome = assess(target, plan, kv, shape, traffic, sla)
@@ -796,7 +884,7 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: TokensPerWordFn = context_toke
     return TuneResult(profile=profile, kv=kv, latency=outcome.latency, model=target.model, gpu=target.gpu, warnings=warnings)
 
 
-def _standard_assumptions(gpu: GpuSpec, plan: _Plan, compile_cache: str) -> list[str]:
+def _standard_assumptions(gpu: GpuSpec, plan: _Plan, compile_cache: str, calibration: CalibrationRef | None = None, lat: LatencyPrediction | None = None) -> list[str]:
     out = [
         "Memory follows vLLM 0.25.0's V1 accounting (model runner V2): requested = cudaMemGetInfo total x gpu_memory_utilization; "
         "KV = requested - weights - profile-run activation peak - non-torch memory, in 16-token blocks; CUDA graphs are not subtracted.",
@@ -808,10 +896,19 @@ def _standard_assumptions(gpu: GpuSpec, plan: _Plan, compile_cache: str) -> list
             if compile_cache == "cold"
             else "Predicted for a restart with vLLM's torch.compile cache (~/.cache/vllm) warm; a first start gets a slightly smaller KV cache."
         ),
-        "Latency: roofline per step (weights and KV bytes over bandwidth, prefill FLOPs over compute) with efficiencies calibrated on "
-        "vLLM 0.25.0 / H100 / Llama-3-8B (bf16 and AWQ); other GPUs assume the same efficiencies.",
-        "Load: closed-loop clients with the typical request sizes arriving in waves (as `vllm bench serve --max-concurrency` with fixed "
-        "lengths); TTFT and end-to-end are p95, TPOT the median. Spread-out traffic sees lower TTFT.",
+        "Latency: vLLM's continuous batching simulated step by step (chunked prefill within max_num_batched_tokens, max_num_seqs, the "
+        "KV cache), each step's time from weights and KV bytes over bandwidth and FLOPs over compute, plus the API server's work per "
+        "request and per streamed token; parameters from "
+        + (calibration.basis if calibration is not None else "the H100 calibration")
+        + ".",
+        (
+            f"Load: Poisson arrivals at {lat.request_rate:g} requests/s per replica ({lat.num_requests} requests simulated)"
+            if lat is not None and lat.arrivals == "poisson"
+            else f"Load: a closed loop of {lat.concurrency if lat is not None else 'C'} clients per replica sending the typical request "
+            f"({closed_loop_requests(lat.concurrency) if lat is not None else '3 x C'} requests, the first wave at once, as `trdeploy bench` and "
+            "`vllm bench serve --max-concurrency` send them)"
+        )
+        + "; TTFT and end-to-end are p95, TPOT the median, as `trdeploy bench` measures them.",
         f"Prices: {gpu.hourly_usd:.2f} USD per GPU-hour, typical on-demand list price seen 2025-06; check your provider.",
     ]
     if plan.tp > 1:
