@@ -6,7 +6,7 @@ The server is tests/_timed_sse_server.py: every request's first token after exac
 then one token every ITL seconds. Both clients run the same closed loop (CONCURRENCY requests in
 flight, REQUESTS in all, OUTPUT tokens each), alternating, one process each:
 
-- trdeploy: `trdeploy.bench.loadgen.run_load` (what `trdeploy bench -c N` runs);
+- trdeploy: `trdeploy.bench.scheduler.run_load` (what `trdeploy bench -c N` runs);
 - vLLM: `async_request_openai_completions` from vLLM's `vllm/benchmarks/lib/endpoint_request_func.py`
   (loaded from the file, so vLLM itself need not import here) with the dispatch of
   `vllm/benchmarks/serve.py`: every request a task created up front, an asyncio semaphore of
@@ -54,9 +54,10 @@ def summary(name: str, ttft_s: np.ndarray, itl_s: np.ndarray, start_s: np.ndarra
 
 
 def run_trdeploy(port: int, args: argparse.Namespace) -> dict:
-    from trdeploy.bench.loadgen import Endpoint, LoadSpec, Sampling, run_load
     from trdeploy.bench.metrics import ResultStore
     from trdeploy.bench.prompts import SyntheticPrompts
+    from trdeploy.bench.scheduler import LoadSpec, run_load
+    from trdeploy.bench.transport import Endpoint, Sampling
 
     store = ResultStore(expected=args.requests)
     endpoint = Endpoint(base_url=f"http://127.0.0.1:{port}", api="completions", model="m")

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_cli
 
-from trdeploy.bench.loadgen import LoadSpec, SSEParser, _chunk_text, _Dechunker, arrival_offsets
 from trdeploy.bench.metrics import (
     STATUS_CANCELLED,
     STATUS_FAILED,
@@ -32,6 +31,8 @@ from trdeploy.bench.metrics import (
 )
 from trdeploy.bench.plan import parse_sweep, plan_bench
 from trdeploy.bench.prometheus import parse_prometheus, server_metrics_delta
+from trdeploy.bench.scheduler import LoadSpec, arrival_offsets
+from trdeploy.bench.transport import SSEParser, _chunk_text, _Dechunker
 from trdeploy.errors import TrdeployError
 from trdeploy.text.embedded import embedded_pairs
 
@@ -332,7 +333,8 @@ def test_the_bench_path_imports_only_what_a_bare_gpu_machine_has() -> None:
     are installed: no heavy or optional package may be imported by the CLI or the bench modules."""
     code = (
         "import sys\n"
-        "import trdeploy.cli, trdeploy.cli.bench, trdeploy.bench.plan, trdeploy.bench.run, trdeploy.bench.prompts, trdeploy.bench.prometheus, trdeploy.bench.loadgen, trdeploy.bench.metrics\n"
+        "import trdeploy.cli, trdeploy.cli.bench, trdeploy.bench.plan, trdeploy.bench.run, trdeploy.bench.prompts\n"
+        "import trdeploy.bench.prometheus, trdeploy.bench.scheduler, trdeploy.bench.transport, trdeploy.bench.metrics\n"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)

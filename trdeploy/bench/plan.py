@@ -6,6 +6,7 @@ import ipaddress
 import json
 import math
 import re
+import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from trdeploy.bench.loadgen import Endpoint, LoadSpec, PromptSource, Sampling
 from trdeploy.bench.metrics import SlaTargets
-from trdeploy.bench.prompts import SyntheticPrompts, dataset_prompts, embedded_prompts, file_prompts
-from trdeploy.bench.request import DEFAULT_NUM_PROMPTS, DEFAULT_PERCENTILES, DEFAULT_SYNTHETIC_VOCAB, DEFAULT_URL, BenchRequest
+from trdeploy.bench.prompts import PromptSource, SyntheticPrompts, dataset_prompts, embedded_prompts, file_prompts
+from trdeploy.bench.request import DEFAULT_NUM_PROMPTS, DEFAULT_PERCENTILES, BenchRequest
+from trdeploy.bench.scheduler import LoadSpec
+from trdeploy.bench.transport import Endpoint, Sampling
 from trdeploy.errors import TrdeployError
 from trdeploy.inputs import loads_json
 from trdeploy.output import redact_url
@@ -40,6 +42,8 @@ class BenchPlan:
     load_source: str = "default"  # where the load level came from: an option, the profile, or the default
     seed: int = 0
     http_client: str = "auto"
+    prompt_salt: int = 0  # each load level's prompts are the stream (salt, level): see trdeploy.bench.prompts
+    prompt_salt_given: bool = False  # --prompt-salt: the same prompts as the run that used it
 
 
 def normalize_url(url: str) -> tuple[str, str]:
@@ -118,57 +122,24 @@ def plan_bench(request: BenchRequest | None = None, /, **options: Any) -> BenchP
     them (with the DeploymentProfile's SLA, served model name and workload as defaults) into a plan.
     Raises TrdeployError for anything a user can fix, pydantic's ValidationError for a field out of its type."""
     req = request if request is not None else BenchRequest(**options)
-    return _plan(**dict(req))
+    return _plan(req)
 
 
-def _plan(
-    *,
-    url: str = DEFAULT_URL,
-    api: str = "chat",
-    model: str | None = None,
-    api_key: str | None = None,
-    profile: Path | None = None,
-    concurrency: int | None = None,
-    request_rate: float | None = None,
-    burstiness: float = 1.0,
-    sweep: str | None = None,
-    num_prompts: int | None = None,
-    duration_s: float | None = None,
-    prompts: str = "embedded",
-    dataset: str | None = None,
-    dataset_split: str = "train",
-    dataset_field: str | None = None,
-    synthetic: int | None = None,
-    synthetic_vocab_size: int = DEFAULT_SYNTHETIC_VOCAB,
-    output_tokens: int | None = None,
-    ignore_eos: bool = False,
-    min_tokens: int | None = None,
-    temperature: float | None = None,
-    extra_body: str | None = None,
-    timeout_s: float = 600.0,
-    sla_ttft_p95_ms: float | None = None,
-    sla_e2e_p95_ms: float | None = None,
-    sla_tpot_ms: float | None = None,
-    max_error_rate: float = 0.01,
-    percentiles: str = "50,95,99",
-    warmup: int = 0,
-    server_metrics: bool = True,
-    gauge_interval_s: float = 0.0,
-    seed: int = 0,
-    http_client: str = "auto",
-) -> BenchPlan:
-    """Validate the options and resolve them (with the DeploymentProfile's SLA, served model name and
-    workload as defaults) into a plan. Raises TrdeployError for anything a user can fix."""
-    base_url, v1 = normalize_url(url)
+def _plan(req: BenchRequest) -> BenchPlan:
+    """Validate the options together and against the profile, and resolve them (with the DeploymentProfile's SLA,
+    served model name and workload as defaults) into a plan. Raises TrdeployError for anything a user can fix."""
+    # The profile may fill these in (model name, max_tokens, the load); num_prompts gets its default here.
+    model, output_tokens, concurrency, request_rate, num_prompts = req.model, req.output_tokens, req.concurrency, req.request_rate, req.num_prompts
+    base_url, v1 = normalize_url(req.url)
     profile_defaults: list[str] = []
-    load_source = "--sweep" if sweep else "--request-rate" if request_rate is not None else "--concurrency" if concurrency is not None else "default (one request at a time)"
+    load_source = "--sweep" if req.sweep else "--request-rate" if request_rate is not None else "--concurrency" if concurrency is not None else "default (one request at a time)"
     sla_source = "none"
     p_sla = None
     model_source = "flag" if model else "server"
-    if profile is not None:
+    if req.profile is not None:
         from trdeploy.deployment import DeploymentProfile  # pydantic + yaml, both on the bench path
 
-        prof = DeploymentProfile.load(profile)
+        prof = DeploymentProfile.load(req.profile)
         p_sla = prof.sla
         if model is None:
             model = prof.engine_args.served_model_name  # what build's image and render-k8s's pods serve
@@ -176,7 +147,7 @@ def _plan(
         if output_tokens is None:
             output_tokens = prof.workload.output_tokens
             profile_defaults.append(f"max_tokens={output_tokens} (workload.output_tokens)")
-        if concurrency is None and request_rate is None and sweep is None:
+        if concurrency is None and request_rate is None and req.sweep is None:
             if prof.workload.concurrency:
                 concurrency = prof.workload.concurrency
                 profile_defaults.append(f"concurrency={concurrency} (workload.concurrency)")
@@ -186,39 +157,39 @@ def _plan(
                 profile_defaults.append(f"request_rate={request_rate:g} (prediction.capacity.peak_requests_per_s)")
                 load_source = "profile prediction.capacity.peak_requests_per_s (the peak rate tune planned for, Poisson arrivals)"
     sla = SlaTargets(
-        ttft_p95_ms=sla_ttft_p95_ms if sla_ttft_p95_ms is not None else (p_sla.ttft_p95_ms if p_sla else None),
-        e2e_p95_ms=sla_e2e_p95_ms if sla_e2e_p95_ms is not None else (p_sla.e2e_p95_ms if p_sla else None),
-        tpot_ms=sla_tpot_ms if sla_tpot_ms is not None else (p_sla.tpot_ms if p_sla else None),
-        max_error_rate=max_error_rate,
+        ttft_p95_ms=req.sla_ttft_p95_ms if req.sla_ttft_p95_ms is not None else (p_sla.ttft_p95_ms if p_sla else None),
+        e2e_p95_ms=req.sla_e2e_p95_ms if req.sla_e2e_p95_ms is not None else (p_sla.e2e_p95_ms if p_sla else None),
+        tpot_ms=req.sla_tpot_ms if req.sla_tpot_ms is not None else (p_sla.tpot_ms if p_sla else None),
+        max_error_rate=req.max_error_rate,
     )
-    flags_sla = any(v is not None for v in (sla_ttft_p95_ms, sla_e2e_p95_ms, sla_tpot_ms))
+    flags_sla = any(v is not None for v in (req.sla_ttft_p95_ms, req.sla_e2e_p95_ms, req.sla_tpot_ms))
     profile_sla = p_sla is not None and any(v is not None for v in (p_sla.ttft_p95_ms, p_sla.e2e_p95_ms, p_sla.tpot_ms))
     sla_source = "profile+flags" if flags_sla and profile_sla else "flags" if flags_sla else "profile" if profile_sla else "none"
-    for name, value in (("--sla-ttft-p95-ms", sla_ttft_p95_ms), ("--sla-e2e-p95-ms", sla_e2e_p95_ms), ("--sla-tpot-ms", sla_tpot_ms)):
+    for name, value in (("--sla-ttft-p95-ms", req.sla_ttft_p95_ms), ("--sla-e2e-p95-ms", req.sla_e2e_p95_ms), ("--sla-tpot-ms", req.sla_tpot_ms)):
         if value is not None and not value > 0:
             raise TrdeployError(f"{name} must be above 0 (got {value}).", hint="Give the target in milliseconds.")
-    if not 0 <= max_error_rate <= 1:
-        raise TrdeployError(f"--max-error-rate must be between 0 and 1 (got {max_error_rate}).", hint="0.01 allows 1% failed requests.")
+    if not 0 <= req.max_error_rate <= 1:
+        raise TrdeployError(f"--max-error-rate must be between 0 and 1 (got {req.max_error_rate}).", hint="0.01 allows 1% failed requests.")
 
     # Load levels.
     if concurrency is not None and concurrency < 1:
         raise TrdeployError(f"--concurrency must be at least 1 (got {concurrency}).", hint="Use --concurrency 1 for one request at a time.")
     if request_rate is not None and not request_rate > 0:
         raise TrdeployError(f"--request-rate must be above 0 (got {request_rate}).", hint="Requests per second, e.g. --request-rate 2.")
-    if not burstiness > 0:
-        raise TrdeployError(f"--burstiness must be above 0 (got {burstiness}).", hint="1 is Poisson; below 1 burstier, above 1 more regular.")
+    if not req.burstiness > 0:
+        raise TrdeployError(f"--burstiness must be above 0 (got {req.burstiness}).", hint="1 is Poisson; below 1 burstier, above 1 more regular.")
     if num_prompts is not None and num_prompts < 1:
         raise TrdeployError(f"--num-prompts must be at least 1 (got {num_prompts}).", hint="Or give --duration SECONDS instead.")
-    if duration_s is not None and not duration_s > 0:
-        raise TrdeployError(f"--duration must be above 0 seconds (got {duration_s}).", hint="E.g. --duration 60.")
-    if num_prompts is None and duration_s is None:
+    if req.duration_s is not None and not req.duration_s > 0:
+        raise TrdeployError(f"--duration must be above 0 seconds (got {req.duration_s}).", hint="E.g. --duration 60.")
+    if num_prompts is None and req.duration_s is None:
         num_prompts = DEFAULT_NUM_PROMPTS
     rate = request_rate if request_rate is not None else math.inf
-    base = LoadSpec(concurrency=concurrency, request_rate=rate, burstiness=burstiness,
-                    num_requests=num_prompts, duration_s=duration_s, seed=seed)  # fmt: skip
+    base = LoadSpec(concurrency=concurrency, request_rate=rate, burstiness=req.burstiness,
+                    num_requests=num_prompts, duration_s=req.duration_s, seed=req.seed)  # fmt: skip
     sweep_parameter = None
-    if sweep:
-        sweep_parameter, values = parse_sweep(sweep)
+    if req.sweep:
+        sweep_parameter, values = parse_sweep(req.sweep)
         if sweep_parameter == "concurrency":
             loads = tuple(replace(base, concurrency=int(v)) for v in values)
         else:
@@ -233,55 +204,55 @@ def _plan(
                                 hint="Add --concurrency N or --request-rate R.")  # fmt: skip
 
     # Prompts.
-    sources = [s for s in (synthetic is not None, dataset is not None, prompts != "embedded") if s]
+    sources = [s for s in (req.synthetic is not None, req.dataset is not None, req.prompts != "embedded") if s]
     if len(sources) > 1:
         raise TrdeployError("Give one prompt source: --prompts, --dataset or --synthetic.", hint="They are alternatives.")
-    if synthetic is not None:
-        if api != "completions":
+    if req.synthetic is not None:
+        if req.api != "completions":
             raise TrdeployError("--synthetic sends token-id prompts, which only /v1/completions accepts.", hint="Add --api completions.")
-        if synthetic < 1:
-            raise TrdeployError(f"--synthetic must be at least 1 token (got {synthetic}).", hint="E.g. --synthetic 512.")
-        if synthetic_vocab_size < 2:
+        if req.synthetic < 1:
+            raise TrdeployError(f"--synthetic must be at least 1 token (got {req.synthetic}).", hint="E.g. --synthetic 512.")
+        if req.synthetic_vocab_size < 2:
             raise TrdeployError("--synthetic-vocab-size must be at least 2.", hint="Llama-3's regular tokens are 0..127999.")
-        prompt_spec: dict[str, Any] = {"kind": "synthetic", "input_len": synthetic, "vocab_size": synthetic_vocab_size}
-    elif dataset is not None:
-        prompt_spec = {"kind": "dataset", "dataset": dataset, "split": dataset_split, "field": dataset_field}
-    elif prompts in ("embedded", "corpus", "conversations"):
-        prompt_spec = {"kind": prompts}
+        prompt_spec: dict[str, Any] = {"kind": "synthetic", "input_len": req.synthetic, "vocab_size": req.synthetic_vocab_size}
+    elif req.dataset is not None:
+        prompt_spec = {"kind": "dataset", "dataset": req.dataset, "split": req.dataset_split, "field": req.dataset_field}
+    elif req.prompts in ("embedded", "corpus", "conversations"):
+        prompt_spec = {"kind": req.prompts}
     else:
-        prompt_spec = {"kind": "file", "path": prompts}
+        prompt_spec = {"kind": "file", "path": req.prompts}
 
     # Sampling.
-    for name, value in (("--output-tokens", output_tokens), ("--min-tokens", min_tokens)):
+    for name, value in (("--output-tokens", output_tokens), ("--min-tokens", req.min_tokens)):
         if value is not None and value < 1:
             raise TrdeployError(f"{name} must be at least 1 (got {value}).", hint="A number of tokens.")
-    if ignore_eos and output_tokens is None:
+    if req.ignore_eos and output_tokens is None:
         raise TrdeployError("--ignore-eos needs --output-tokens N (the length every request then generates).", hint="E.g. --output-tokens 300 --ignore-eos.")
     extra: dict[str, Any] = {}
-    if extra_body:
-        extra = loads_json(extra_body, where="--extra-body", hint='E.g. --extra-body \'{"top_k": 20}\'.', max_depth=16)
+    if req.extra_body:
+        extra = loads_json(req.extra_body, where="--extra-body", hint='E.g. --extra-body \'{"top_k": 20}\'.', max_depth=16)
         if not isinstance(extra, dict):
             raise TrdeployError("--extra-body must be a JSON object.", hint='E.g. --extra-body \'{"top_k": 20}\'.')
-    if not timeout_s > 0:
-        raise TrdeployError(f"--timeout must be above 0 seconds (got {timeout_s}).", hint="Seconds per request, e.g. --timeout 600.")
-    if http_client == "raw" and not base_url.startswith("http://"):
+    if not req.timeout_s > 0:
+        raise TrdeployError(f"--timeout must be above 0 seconds (got {req.timeout_s}).", hint="Seconds per request, e.g. --timeout 600.")
+    if req.http_client == "raw" and not base_url.startswith("http://"):
         raise TrdeployError("--http-client raw speaks plain http:// only.", hint="Use --http-client httpx (or auto) for https://.")
-    if warmup < 0:
-        raise TrdeployError(f"--warmup must be 0 or more (got {warmup}).", hint="Requests sent before measuring.")
-    if seed < 0:  # numpy's generators take no negative seed
-        raise TrdeployError(f"--seed must be 0 or more (got {seed}).", hint="E.g. --seed 0.")
-    if not (gauge_interval_s == 0 or gauge_interval_s >= 0.1):  # also refuses NaN
-        raise TrdeployError(f"--gauge-interval must be 0 (off) or at least 0.1 s (got {gauge_interval_s}).", hint="E.g. --gauge-interval 5.")
-    if temperature is not None and not math.isfinite(temperature):
-        raise TrdeployError(f"--temperature must be a finite number (got {temperature}).", hint="E.g. --temperature 0.7.")
+    if req.warmup < 0:
+        raise TrdeployError(f"--warmup must be 0 or more (got {req.warmup}).", hint="Requests sent before measuring.")
+    if req.seed < 0:  # numpy's generators take no negative seed
+        raise TrdeployError(f"--seed must be 0 or more (got {req.seed}).", hint="E.g. --seed 0.")
+    if not (req.gauge_interval_s == 0 or req.gauge_interval_s >= 0.1):  # also refuses NaN
+        raise TrdeployError(f"--gauge-interval must be 0 (off) or at least 0.1 s (got {req.gauge_interval_s}).", hint="E.g. --gauge-interval 5.")
+    if req.temperature is not None and not math.isfinite(req.temperature):
+        raise TrdeployError(f"--temperature must be a finite number (got {req.temperature}).", hint="E.g. --temperature 0.7.")
     try:  # what would go on the wire: JSON has no NaN or Infinity, and servers reject or misread them
         json.dumps(extra, allow_nan=False)
     except ValueError:
         raise TrdeployError("--extra-body contains NaN or Infinity, which JSON (and the server) cannot take.", hint="Use finite numbers.") from None
-    if api_key:
-        check_header_value(api_key, "--api-key (or OPENAI_API_KEY)")
-    sampling = Sampling(max_tokens=output_tokens, ignore_eos=ignore_eos, min_tokens=min_tokens, temperature=temperature, extra_body=extra)
-    endpoint = Endpoint(base_url=base_url, api=api, model=model or "", api_key=api_key or None, timeout_s=timeout_s, v1_prefix=v1)  # type: ignore[arg-type]
+    if req.api_key:
+        check_header_value(req.api_key, "--api-key (or OPENAI_API_KEY)")
+    sampling = Sampling(max_tokens=output_tokens, ignore_eos=req.ignore_eos, min_tokens=req.min_tokens, temperature=req.temperature, extra_body=extra)
+    endpoint = Endpoint(base_url=base_url, api=req.api, model=model or "", api_key=req.api_key or None, timeout_s=req.timeout_s, v1_prefix=v1)  # type: ignore[arg-type]
     return BenchPlan(
         endpoint=endpoint,
         sampling=sampling,
@@ -290,15 +261,17 @@ def _plan(
         prompt_spec=prompt_spec,
         sla=sla,
         sla_source=sla_source,
-        percentiles=parse_percentiles(percentiles),
-        warmup=warmup,
-        server_metrics=server_metrics,
-        gauge_interval_s=gauge_interval_s,
+        percentiles=parse_percentiles(req.percentiles),
+        warmup=req.warmup,
+        server_metrics=req.server_metrics,
+        gauge_interval_s=req.gauge_interval_s,
         model_source=model_source,
         profile_defaults=tuple(profile_defaults),
         load_source=load_source,
-        seed=seed,
-        http_client=http_client,
+        seed=req.seed,
+        http_client=req.http_client,
+        prompt_salt=req.prompt_salt if req.prompt_salt is not None else secrets.randbelow(2**31),
+        prompt_salt_given=req.prompt_salt is not None,
     )
 
 

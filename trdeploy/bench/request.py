@@ -67,6 +67,13 @@ class BenchRequest(Args):
         "(0: off; each scrape perturbs the run a little).",
     )
     seed: int = arg(0, help="Seed for prompt order, synthetic prompts and arrival times.")
+    prompt_salt: int | None = arg(
+        None,
+        ge=0,
+        help="Send the prompts of the run that used this salt (the report's prompts.salt); without it every run's prompts are new, "
+        "so vLLM's prefix cache cannot serve them from an earlier run.",
+        default_note="a fresh salt per run",
+    )
     http_client: HttpClient = arg(
         "auto", help="auto (a lean built-in HTTP/1.1 client for plain http://, httpx for https:// or proxies), raw or httpx."
     )

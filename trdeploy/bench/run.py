@@ -1,7 +1,7 @@
 """`trdeploy bench`: measure a live OpenAI-compatible endpoint against the SLA.
 
-`run_bench(plan)` runs each load level of a `BenchPlan` (trdeploy.bench.plan) with the load generator
-(trdeploy.bench.loadgen), scrapes the server's Prometheus /metrics around it (trdeploy.bench.prometheus),
+`run_bench(plan)` runs each load level of a `BenchPlan` (trdeploy.bench.plan) with the scheduler
+(trdeploy.bench.scheduler, over trdeploy.bench.transport), scrapes the server's Prometheus /metrics around it (trdeploy.bench.prometheus),
 computes the metrics (trdeploy.bench.metrics) and the verdict, and returns the report: a dict with
 stable keys, the same one `--json` prints and `-o` writes.
 
@@ -25,11 +25,12 @@ import httpx
 import numpy as np
 
 from trdeploy import __version__
-from trdeploy.bench.loadgen import LoadSpec, PromptSource, RunStats, make_client, run_load
 from trdeploy.bench.metrics import WORD_PATTERN, RequestResult, ResultStore, evaluate_sla, summarize
 from trdeploy.bench.plan import BenchPlan, build_prompts, detect_model
 from trdeploy.bench.prometheus import SERVER_GAUGES, _first, scrape, server_metrics_delta
-from trdeploy.bench.prompts import ListPrompts
+from trdeploy.bench.prompts import ListPrompts, PromptSource
+from trdeploy.bench.scheduler import LoadSpec, RunStats, run_load
+from trdeploy.bench.transport import make_client
 from trdeploy.output import redact_url, scrub, url_secrets
 
 SCHEMA_VERSION = 1
@@ -87,7 +88,7 @@ async def _gauge_sampler(client: httpx.AsyncClient, plan: BenchPlan, peaks: dict
         if sample is None:
             continue
         for key, names in SERVER_GAUGES.items():
-            value = _first(sample, names)
+            value = _first(sample.values, names)
             if value is not None:
                 peaks[key] = max(peaks.get(key, value), value)
 
@@ -127,7 +128,8 @@ async def _run_one(
 
     summary = summarize(store, stats.duration_s, percentiles=plan.percentiles, sla=plan.sla)
     if before is not None and after is not None:
-        server = server_metrics_delta(before, after, peaks)
+        server = server_metrics_delta(before.values, after.values, peaks)
+        server["cache_config"] = after.cache_config
         gen = server["counters"].get("generation_tokens")
         server["client"] = {
             "completed": summary["completed"],
@@ -218,14 +220,15 @@ def run_bench(
         outcomes: list[RunOutcome] = []
         warm = None
         try:
+            # Each load level (and the warm-up) sends its own prompts: none repeats another's (trdeploy.bench.prompts).
             if plan.warmup:
-                warm = await _warmup(plan, prompts, stop)
+                warm = await _warmup(plan, prompts.stream((plan.prompt_salt, 0)), stop)
             for i, spec in enumerate(plan.loads):
                 if stop.is_set():
                     break
                 if on_start is not None:
                     on_start(i, spec)
-                outcomes.append(await _run_one(plan, spec, prompts, stop, on_done))
+                outcomes.append(await _run_one(plan, spec, prompts.stream((plan.prompt_salt, i + 1)), stop, on_done))
         finally:
             if installed:
                 for signum in (signal.SIGINT, signal.SIGTERM):
@@ -271,6 +274,9 @@ def assemble_report(
             "source": plan.prompt_spec["kind"],
             "description": getattr(prompts, "description", ""),
             "distinct": len(prompts) if isinstance(prompts, ListPrompts) else None,
+            "salt": plan.prompt_salt,
+            "salt_given": plan.prompt_salt_given,
+            "unique": prompts.can_be_unique,
         },
         "sampling": {
             "max_tokens": plan.sampling.max_tokens,

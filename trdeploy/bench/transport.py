@@ -1,4 +1,4 @@
-"""The async load generator: streams completions from an OpenAI-compatible server and times them.
+"""The transport: one streaming request to an OpenAI-compatible server, timed (what guidellm calls a backend).
 
 Timing follows vLLM's request functions (vllm/benchmarks/lib/endpoint_request_func.py): the clock
 starts just before the request is sent; each SSE event is time-stamped when parsed; the first token
@@ -10,41 +10,25 @@ chunk with an empty delta and a finish_reason carry no token, so they are not to
 (vLLM sends its role chunk together with the first token; `transformers serve` sends it before
 generating); and `usage` is read from any chunk that has it, not only from chunks without choices.
 
-Arrivals: a closed loop at a fixed concurrency (request rate inf), or arrivals at a request rate with
-gamma-distributed gaps (burstiness 1 = Poisson), optionally capped by a concurrency limit, exactly as
-`vllm bench serve --request-rate R --burstiness B --max-concurrency C` schedules them (including its
-rescaling of the gaps so N requests span N / R seconds).
-
 Every failure (timeout, refused or dropped connection, HTTP 4xx/5xx, malformed or error SSE events)
-becomes a counted error of its kind; nothing here raises for a bad response. Only httpx and numpy
-are needed (no aiohttp, no tokenizer).
+becomes a counted error of its kind; nothing here raises for a bad response. When requests are sent is
+trdeploy.bench.scheduler's business. Only httpx and numpy are needed (no aiohttp, no tokenizer).
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import json
-import math
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import httpx
-import numpy as np
 
-from trdeploy.bench.metrics import (
-    STATUS_CANCELLED,
-    STATUS_FAILED,
-    STATUS_OK,
-    RequestResult,
-    ResultStore,
-    WordCounter,
-)
+from trdeploy.bench.metrics import STATUS_CANCELLED, STATUS_FAILED, STATUS_OK, RequestResult, WordCounter
 from trdeploy.bench.request import Api
 
 
@@ -80,30 +64,6 @@ class Sampling:
     min_tokens: int | None = None
     temperature: float | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """One load level. concurrency None: no cap. request_rate inf: all at once (a closed loop under a cap)."""
-
-    concurrency: int | None = 1
-    request_rate: float = math.inf
-    burstiness: float = 1.0
-    num_requests: int | None = 100
-    duration_s: float | None = None
-    seed: int = 0
-
-    @property
-    def closed_loop(self) -> bool:
-        return math.isinf(self.request_rate)
-
-
-class PromptSource(abc.ABC):
-    """Gives request i its prompt fields: {"messages": [...]} for chat, {"prompt": str | list[int]}
-    for completions, with the prompt length in tokens when it is known without a tokenizer."""
-
-    @abc.abstractmethod
-    def body(self, index: int) -> tuple[dict[str, Any], int]: ...
 
 
 def build_body(endpoint: Endpoint, sampling: Sampling, prompt_fields: dict[str, Any]) -> dict[str, Any]:
@@ -544,162 +504,3 @@ def _fail(result: RequestResult, kind: str, message: str) -> None:
     result.error_kind = kind
     result.error = message
     result.itl.clear()
-
-
-def arrival_offsets(spec: LoadSpec, rng: np.random.Generator) -> Iterator[float]:
-    """Send times (seconds after the start) for a request-rate run, as vLLM's `get_request` computes them:
-    gamma gaps with shape `burstiness` and mean 1/rate; with a known request count the cumulative gaps
-    are rescaled so the last request is sent at N / rate."""
-    rate, b = spec.request_rate, spec.burstiness
-    if math.isinf(rate):
-        while True:
-            yield 0.0
-    if spec.num_requests is not None:
-        if math.isinf(b):
-            gaps = np.full(spec.num_requests, 1.0 / rate)
-        else:
-            gaps = rng.gamma(shape=b, scale=1.0 / (rate * b), size=spec.num_requests)
-        cum = np.cumsum(gaps)
-        if cum[-1] > 0:
-            cum *= (spec.num_requests / rate) / cum[-1]
-        yield from (float(x) for x in cum)
-        return
-    t = 0.0
-    while True:
-        t += (1.0 / rate) if math.isinf(b) else float(rng.gamma(shape=b, scale=1.0 / (rate * b)))
-        yield t
-
-
-@dataclass
-class RunStats:
-    """What a run did besides the per-request results."""
-
-    duration_s: float = 0.0
-    sent: int = 0
-    dispatch_span_s: float = 0.0  # from the first request sent to the last
-    last_sent_s: float = 0.0  # when the last request was sent, seconds after the start
-    interrupted: bool = False
-
-
-async def run_load(
-    endpoint: Endpoint,
-    sampling: Sampling,
-    prompts: PromptSource,
-    spec: LoadSpec,
-    store: ResultStore,
-    *,
-    stop: asyncio.Event | None = None,
-    on_done: Callable[[RequestResult], None] | None = None,
-    client: Transport | None = None,
-) -> RunStats:
-    """Run one load level to completion (or until `stop` is set, which cancels requests in flight).
-
-    A closed loop with a concurrency cap runs one worker per slot: a worker sends its next request
-    as soon as its previous one ended, in the same task. (Handing freed slots back to one dispatch
-    loop refills them one event-loop turn after another; the requests of a vLLM batch end within
-    tens of milliseconds of each other, and in H100 runs with such a serial refill vLLM's engine
-    went idle between the first and the second wave: a lighter load than the one asked for.)
-    Open loops (a request rate) and uncapped closed loops are dispatched by one loop on their
-    arrival schedule.
-    """
-    stop = stop or asyncio.Event()
-    own_client = client is None
-    if client is None:
-        client = make_client(endpoint, spec.concurrency)
-    rng = np.random.default_rng(spec.seed)
-    sem = asyncio.Semaphore(spec.concurrency) if spec.concurrency else None
-    tasks: set[asyncio.Task] = set()
-    stats = RunStats()
-    t0 = time.perf_counter()
-    first_sent: float | None = None
-    last_sent = t0
-    index = 0
-
-    def may_send() -> bool:
-        if stop.is_set() or (spec.num_requests is not None and index >= spec.num_requests):
-            return False
-        return spec.duration_s is None or time.perf_counter() - t0 < spec.duration_s
-
-    async def one(i: int, arrival: float, use_sem: bool) -> None:
-        result = RequestResult()
-        holds_slot = False
-        try:
-            if use_sem and sem is not None:
-                await sem.acquire()
-                holds_slot = True
-            result.queue_time = time.perf_counter() - arrival
-            fields, prompt_len = prompts.body(i)
-            await send_request(client, endpoint, build_body(endpoint, sampling, fields), prompt_len, result, t0)
-        except asyncio.CancelledError:
-            result.status = STATUS_CANCELLED
-            result.itl.clear()
-        finally:
-            if holds_slot and sem is not None:
-                sem.release()
-            store.add(result)
-            if on_done is not None:
-                on_done(result)
-
-    def claim() -> tuple[int, float]:
-        """The next request's index and its send time, recorded for the dispatch span."""
-        nonlocal index, first_sent, last_sent
-        i, arrival = index, time.perf_counter()
-        index += 1
-        first_sent = arrival if first_sent is None else first_sent
-        last_sent = arrival
-        return i, arrival
-
-    def spawn(coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    async def worker() -> None:
-        while may_send():
-            await one(*claim(), use_sem=False)
-
-    async def wait_stop(seconds: float) -> bool:
-        """Sleep `seconds` unless stopped first; True when stopped."""
-        if seconds <= 0:
-            return stop.is_set()
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
-        except TimeoutError:
-            return False
-        return True
-
-    try:
-        if spec.closed_loop and spec.concurrency:
-            slots = spec.concurrency if spec.num_requests is None else min(spec.concurrency, spec.num_requests)
-            for _ in range(slots):
-                spawn(worker())
-        else:
-            offsets = arrival_offsets(spec, rng)
-            while may_send():
-                if not spec.closed_loop:
-                    target = next(offsets)
-                    if spec.duration_s is not None and target >= spec.duration_s:
-                        await wait_stop(spec.duration_s - (time.perf_counter() - t0))
-                        break
-                    if await wait_stop(target - (time.perf_counter() - t0)):
-                        break
-                spawn(one(*claim(), use_sem=True))
-        # Let the requests in flight (and the workers) finish, unless stopped: then cancel them.
-        while tasks:
-            if stop.is_set():
-                for task in list(tasks):
-                    task.cancel()
-                await asyncio.gather(*list(tasks), return_exceptions=True)
-                break
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-    finally:
-        stats.sent = index
-        stats.interrupted = stop.is_set()
-        stats.duration_s = time.perf_counter() - t0
-        stats.dispatch_span_s = (last_sent - first_sent) if first_sent is not None else 0.0
-        stats.last_sent_s = (last_sent - t0) if first_sent is not None else 0.0
-        if own_client:
-            await client.aclose()
-    return stats
