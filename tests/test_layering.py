@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "trdeploy"
-SUBPACKAGES = ("text", "sizing", "quant", "bench", "deploy")
+SUBPACKAGES = ("text", "sizing", "quant", "bench", "calibrate", "deploy")
 
 
 def _imports(path: Path) -> set[str]:

@@ -53,6 +53,7 @@ def _load_dict(spec: LoadSpec) -> dict[str, Any]:
         "num_requests": spec.num_requests,
         "duration_s": spec.duration_s,
         "closed_loop": spec.closed_loop,
+        "seed": spec.seed,  # a rate-driven run's arrival times follow from it (trdeploy.arrivals)
     }
 
 

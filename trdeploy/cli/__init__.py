@@ -34,7 +34,8 @@ app = typer.Typer(
         "From a Turkish Llama-3 checkpoint to a vLLM service that meets its SLA.\n\n"
         "profile: what Turkish text costs a tokenizer.  tune: exact vLLM engine arguments for a GPU tier (writes the "
         "DeploymentProfile).  quantize: AWQ 4-bit with Turkish calibration.  build: the serving image for a profile.  "
-        "render-k8s: Kubernetes manifests that run that image.  bench: measure a live endpoint against the SLA."
+        "render-k8s: Kubernetes manifests that run that image.  bench: measure a live endpoint against the SLA.  "
+        "calibrate: fit tune's predictions to your GPU (measured, with their held-out error)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -68,9 +69,9 @@ def _root(
 
 def _register() -> None:
     # Imported here so each command module can import the app-level helpers above without cycles.
-    from trdeploy.cli import bench, build, profile, quantize, tune
+    from trdeploy.cli import bench, build, calibrate, profile, quantize, tune
 
-    for module in (profile, tune, quantize, bench, build):
+    for module in (profile, tune, quantize, bench, calibrate, build):
         module.register(app)
     from trdeploy.cli import render_k8s
 

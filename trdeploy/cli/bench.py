@@ -48,6 +48,9 @@ Exit code: 0 pass, 1 SLA failed, 2 bad input, 130 interrupted (Ctrl-C prints the
 
   # Your own prompts: one per line (.txt) or JSONL with "prompt" / "messages"
   trdeploy bench --prompts prompts.jsonl --api chat
+
+  # The same prompts as an earlier run (its report's prompts.salt); otherwise every run's prompts are new
+  trdeploy bench --synthetic 512 --api completions --prompt-salt 1234567
 """
 
 
@@ -90,6 +93,7 @@ def bench(
     gauge_interval: Annotated[float, opt(R, "gauge_interval_s")] = default(R, "gauge_interval_s"),
     http_client: Annotated[HttpClientChoice, opt(R, "http_client")] = default(R, "http_client"),
     seed: Annotated[int, opt(R, "seed")] = default(R, "seed"),
+    prompt_salt: Annotated[int | None, opt(R, "prompt_salt")] = default(R, "prompt_salt"),
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of the TTFT/TPOT/ITL/E2E distributions (needs matplotlib).")] = None,
     output: OutputOpt = None,
     force: ForceOpt = False,
@@ -118,6 +122,7 @@ def bench(
         extra_body=extra_body, timeout_s=timeout, sla_ttft_p95_ms=sla_ttft_p95_ms, sla_e2e_p95_ms=sla_e2e_p95_ms,
         sla_tpot_ms=sla_tpot_ms, max_error_rate=max_error_rate, percentiles=percentiles, warmup=warmup,
         server_metrics=server_metrics, gauge_interval_s=gauge_interval, seed=seed, http_client=getattr(http_client, "value", http_client),
+        prompt_salt=prompt_salt,
     )
     plan = plan_bench(request)
 
@@ -138,6 +143,13 @@ def bench(
 
     if report["interrupted"]:
         warn("interrupted: the report covers the requests finished before Ctrl-C.")
+    for run in report["runs"]:
+        pc = run["server_metrics"].get("prefix_cache") or {}
+        if pc.get("flagged"):
+            warn(
+                f"{run['label']}: {pc['hit_rate']:.0%} of the prompt tokens came from vLLM's prefix cache: its TTFT is what "
+                "prompts seen before get (a shared system prompt, or prompts sent again with --prompt-salt)."
+            )
     if output is not None:
         write_atomic(output, to_json(report) + "\n", force=True)
     if plot is not None:
@@ -229,6 +241,10 @@ def _render_run(console: Console, run: dict[str, Any], pcts: list[float], title_
             ("Server: successful requests (client)", f"{_num(c.get('request_success'), 0)} ({sm['client']['completed']})"),
             ("Server: mean TTFT / E2E / queue (ms)", " / ".join(_ms(sm["mean_ms"].get(k)) for k in ("ttft", "e2el", "queue"))),
         ]
+        pc = sm.get("prefix_cache") or {}
+        if pc.get("hit_rate") is not None:
+            flag = " [yellow](flagged)[/]" if pc["flagged"] else ""
+            rows.append(("Server: prefix cache hits / prompt tokens looked up", f"{pc['hit_rate']:.1%} of {pc['queries']:,.0f}{flag}"))
         if sm["peak"]:
             rows.append(("Server: peak running / waiting / KV use", " / ".join(_num(sm["peak"].get(k)) for k in ("running", "waiting", "kv_cache_usage"))))
         for row in rows:

@@ -44,9 +44,6 @@ KIND = "trdeploy-calibration"
 REFERENCE_TIER = "h100"  # tiers without a calibration use its latency parameters (on their own datasheet figures)
 SHIPPED_PACKAGE = "trdeploy.data"
 SHIPPED_FOLDER = "calibrations"
-# A point whose prompts hit the prefix cache for more than this share of their tokens measures a cheaper
-# prefill than fresh prompts see: it is kept for the record but not fitted.
-PREFIX_HIT_LIMIT = 0.05
 # Starting values of the API server's per-token work tried by the fit (its cost landscape has a local
 # minimum on each side of the regime where the API server paces the streams).
 FRONTEND_STARTS = (0.02, 0.08)
@@ -361,12 +358,14 @@ def _fit_cuda_total(run: Run, tier: str) -> float | None:
     return ((s.num_gpu_blocks + 0.5) * per_block + spent) / util
 
 
-def _kv_tokens(run: Run, tier: str, cuda_total: int | None) -> int:
+def predicted_kv_tokens(run: Run, tier: str, cuda_total: int | None) -> int:
+    """What vLLM would log as "GPU KV cache size" for the run, with this CUDA-visible total (None: the catalog's)."""
     kv = _kv(run, _gpu(tier, cuda_total))
     return kv_cache_tokens_for_blocks(kv.num_blocks, run.engine_args.max_model_len)
 
 
-def _measured_kv_tokens(run: Run) -> int | None:
+def measured_kv_tokens(run: Run) -> int | None:
+    """vLLM's "GPU KV cache size" for the run, as the server reported it."""
     s = run.server
     if s.kv_cache_size_tokens:
         return s.kv_cache_size_tokens
@@ -384,7 +383,7 @@ def fit_memory(runs: Sequence[Run], tier: str, before: int | None) -> tuple[int 
     fitted = round(float(np.mean(list(totals.values()))))
     checks: list[KvCheck | None] = []
     for r, run in enumerate(runs):
-        measured = _measured_kv_tokens(run)
+        measured = measured_kv_tokens(run)
         if measured is None:
             checks.append(None)
             continue
@@ -392,7 +391,7 @@ def fit_memory(runs: Sequence[Run], tier: str, before: int | None) -> tuple[int 
         held_out = bool(others)
         total = round(float(np.mean(others))) if held_out else fitted
         checks.append(
-            KvCheck(measured_tokens=measured, predicted_before=_kv_tokens(run, tier, before), predicted_after=_kv_tokens(run, tier, total), after_is_fitted=not held_out)
+            KvCheck(measured_tokens=measured, predicted_before=predicted_kv_tokens(run, tier, before), predicted_after=predicted_kv_tokens(run, tier, total), after_is_fitted=not held_out)
         )
     return fitted, checks
 
