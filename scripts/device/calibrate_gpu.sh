@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# `trdeploy calibrate` on a lent GPU with the real vLLM 0.25.0, one step per device call (calls back to back:
+# an idle machine is given back after ~30 s with its /tmp). Run ON THE GPU MACHINE from the repository root,
+# with this script's folder D (default .device-vllm/calib) carried: D/part.NN (one part of the vLLM wheels that
+# shared/tools/vllm-device/prepare.sh downloads, re-cut in 59 MiB parts), D/code (trdeploy, the profiles,
+# a gzipped Llama-3 tokenizer.json, make_llama3_8b*.py).
+#
+#   bash D/calibrate_gpu.sh part          # copy D/part.* to /tmp/parts; the first call also starts writing the checkpoints
+#   bash D/calibrate_gpu.sh install       # install vLLM into /tmp/site, start it with the bf16 profile's arguments, wait for /health
+#   bash D/calibrate_gpu.sh calibrate M   # trdeploy calibrate (M minutes, datasheet prior) + held-out bench runs -> $OUT
+#   bash D/calibrate_gpu.sh awq M         # the AWQ checkpoint: restart, KV check, calibrate (M minutes) + held-out -> $OUT
+#
+# The card is treated as unknown: --prior datasheet (the fit starts from, and "before" is, datasheet figures
+# with generic efficiencies, not the shipped H100/H200 calibrations).
+set -u
+D=${D:-.device-vllm/calib}
+C=$D/code
+export PYTHONPATH=/tmp/site:$C PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR" /tmp/parts /tmp/res
+gpu_tier() { nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H200 && echo h200 || echo h100; }
+serve_args() { python3 -P -c "import sys; from trdeploy.deployment import DeploymentProfile as P; print(' '.join(P.load(sys.argv[1]).engine_args.to_cli_args()))" "$1"; }
+start_server() {  # $1 model dir, $2 profile, $3 name: start vLLM in its own session (it outlives this call)
+  local args; args=$(serve_args "$2")
+  echo "serve $1 $args"
+  setsid nohup python3 -m vllm.entrypoints.openai.api_server --model "$1" --port 8000 $args > /tmp/res/$3.server.log 2>&1 < /dev/null &
+  echo $! > /tmp/vllm.pid; date +%s > /tmp/vllm.t0
+}
+wait_health() {  # $1 name, $2 seconds
+  local t0; t0=$(cat /tmp/vllm.t0)
+  for _ in $(seq 1 $(( $2 * 2 ))); do
+    curl -sf localhost:8000/health >/dev/null 2>&1 && break
+    kill -0 "$(cat /tmp/vllm.pid)" 2>/dev/null || { echo "server died"; tail -30 /tmp/res/$1.server.log; return 1; }
+    sleep 0.5
+  done
+  curl -sf localhost:8000/health >/dev/null || { echo "not healthy after $2 s"; return 1; }
+  echo "[$1] /health after $(( $(date +%s) - t0 )) s"
+  grep -E "Model loading took|Available KV cache memory|GPU KV cache size|Maximum concurrency|Graph capturing finished|init engine|LinearKernel" /tmp/res/$1.server.log | sed 's/^.*\] //' | cut -c1-200
+}
+pack() { tar czf "$OUTDIR/$1.tgz" -C /tmp/res . && ls -la "$OUTDIR"; }
+
+case "$1" in
+part)
+  cp "$D"/part.* /tmp/parts/ && ls -la /tmp/parts
+  if [ ! -f /tmp/models.started ]; then
+    touch /tmp/models.started
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee /tmp/res/card.txt
+    # Random-weight checkpoints of the real shapes (speed and memory are real, text is noise), in the background.
+    setsid nohup bash -c "python3 $D/make_llama3_8b.py /tmp/m && touch /tmp/m.done; python3 $D/make_llama3_8b_awq.py /tmp/q && touch /tmp/q.done" > /tmp/res/models.log 2>&1 < /dev/null &
+  fi
+  ;;
+install)
+  t=$(date +%s)
+  mkdir -p /tmp/stage && cat /tmp/parts/part.* | tar xf - -C /tmp/stage || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/stage/whl/*.whl 2>&1 | grep -v "already exists" | tail -3
+  python3 -c "import vllm, torch, pydantic; print('vllm', vllm.__version__, 'torch', torch.__version__, 'pydantic', pydantic.VERSION)" | tee -a /tmp/res/card.txt
+  echo "install $(( $(date +%s) - t )) s"
+  for _ in $(seq 1 240); do [ -f /tmp/m.done ] && break; sleep 1; done
+  [ -f /tmp/m.done ] || { echo "bf16 checkpoint not written"; tail /tmp/res/models.log; exit 1; }
+  gunzip -c $C/tokenizer.json.gz > /tmp/m/tokenizer.json && cp $C/tokenizer_config.json $C/special_tokens_map.json /tmp/m/
+  tier=$(gpu_tier); echo "$tier" > /tmp/tier
+  start_server /tmp/m "$C/profile-$tier-bf16.yaml" bf16
+  wait_health bf16 420
+  ;;
+calibrate)
+  tier=$(cat /tmp/tier); P=$C/profile-$tier-bf16.yaml; M=${2:-6}
+  tr() { python3 -P -m trdeploy "$@"; }
+  tr calibrate --url http://localhost:8000 --profile "$P" -o /tmp/res/calibration-$tier-bf16.yaml --budget-minutes "$M" --prior datasheet 2>&1 | tail -60
+  # Held out: loads the sweep did not run (other concurrencies, 3000 in / 100 out, 128 in / 512 out, another rate).
+  B="tr bench --url http://localhost:8000 --api completions --ignore-eos --json"
+  $B --synthetic 1024 --output-tokens 256 --sweep concurrency=8,32,48 -n 96 -o /tmp/res/held-typical.json > /dev/null
+  $B --synthetic 3000 --output-tokens 100 -c 8 -n 24 -o /tmp/res/held-3000-100.json > /dev/null
+  $B --synthetic 128 --output-tokens 512 -c 32 -n 64 -o /tmp/res/held-128-512.json > /dev/null
+  rate=$(python3 -c "import yaml,sys; c=yaml.safe_load(open(sys.argv[1])); p=[p for r in c['runs'] for p in r['points'] if p['load']['arrivals']=='poisson']; print(round(0.55*p[0]['load']['request_rate'],3) if p else 2.0)" /tmp/res/calibration-$tier-bf16.yaml)
+  $B --synthetic 1024 --output-tokens 256 --request-rate "$rate" -n $(python3 -c "print(max(40, round($rate*40)))") -o /tmp/res/held-poisson.json > /dev/null
+  # The same prompts again (--prompt-salt): vLLM's prefix cache serves them, bench flags it.
+  salt=$(python3 -c "import json; print(json.load(open('/tmp/res/held-3000-100.json'))['prompts']['salt'])")
+  $B --synthetic 3000 --output-tokens 100 -c 8 -n 24 --prompt-salt "$salt" -o /tmp/res/repeat-3000-100.json > /dev/null
+  tr calibrate --check /tmp/res/calibration-$tier-bf16.yaml --from-bench /tmp/res/held-*.json --profile "$P" --json > /tmp/res/check-$tier-bf16.json
+  tr calibrate --check /tmp/res/calibration-$tier-bf16.yaml --from-bench /tmp/res/held-*.json --profile "$P" 2>&1 | tail -20
+  python3 -c "import json; r=json.load(open('/tmp/res/repeat-3000-100.json'))['runs'][0]['server_metrics']['prefix_cache']; f=json.load(open('/tmp/res/held-3000-100.json'))['runs'][0]['server_metrics']['prefix_cache']; print('prefix cache: first', f, 'repeat', r)"
+  pack bf16
+  ;;
+awq)
+  tier=$(cat /tmp/tier); P=$C/profile-$tier-awq.yaml; M=${2:-2}
+  kill "$(cat /tmp/vllm.pid)"; sleep 5
+  for _ in $(seq 1 120); do [ -f /tmp/q.done ] && break; sleep 1; done
+  gunzip -c $C/tokenizer.json.gz > /tmp/q/tokenizer.json && cp $C/tokenizer_config.json $C/special_tokens_map.json /tmp/q/
+  start_server /tmp/q "$P" awq
+  wait_health awq 300 || exit 1
+  tr() { python3 -P -m trdeploy "$@"; }
+  tr calibrate --url http://localhost:8000 --profile "$P" -o /tmp/res/calibration-$tier-awq.yaml --budget-minutes "$M" --prior datasheet --no-leave-one-out 2>&1 | tail -30
+  B="tr bench --url http://localhost:8000 --api completions --ignore-eos --json"
+  $B --synthetic 1024 --output-tokens 256 -c 32 -n 64 -o /tmp/res/held-awq-typical.json > /dev/null
+  $B --synthetic 3000 --output-tokens 100 -c 8 -n 16 -o /tmp/res/held-awq-3000-100.json > /dev/null
+  tr calibrate --check /tmp/res/calibration-$tier-awq.yaml --from-bench /tmp/res/held-awq-*.json --profile "$P" --json > /tmp/res/check-$tier-awq.json
+  tr calibrate --check /tmp/res/calibration-$tier-bf16.yaml --from-bench /tmp/res/held-awq-*.json --profile "$P" --json > /tmp/res/check-$tier-awq-with-bf16-memory.json 2>&1
+  tail -c 600 /tmp/res/check-$tier-awq.json
+  pack awq
+  ;;
+esac
