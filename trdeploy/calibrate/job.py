@@ -21,6 +21,8 @@ from typing import Any
 from trdeploy.bench.plan import check_header_value, normalize_url
 from trdeploy.bench.request import DEFAULT_SYNTHETIC_VOCAB
 from trdeploy.bench.transport import Endpoint
+from trdeploy.calibrate.accuracy import check as accuracy_check
+from trdeploy.calibrate.accuracy import run_of_reports
 from trdeploy.calibrate.measure import Measurement, measure
 from trdeploy.calibrate.reports import points_from_report, read_report
 from trdeploy.calibrate.request import CalibrateRequest
@@ -36,14 +38,10 @@ from trdeploy.sizing.calibration import (
     Run,
     ServerFacts,
     fit_calibration,
-    measured_kv_tokens,
-    observations,
-    predicted_kv_tokens,
     resolve,
     run_engine,
     step_factory,
 )
-from trdeploy.sizing.fit import errors, summarize_errors
 from trdeploy.sizing.latency import PRIOR, LatencyParams
 
 MIN_FIT_POINTS = 2
@@ -145,26 +143,8 @@ def _check(req: CalibrateRequest, profile: DeploymentProfile) -> CalibrateResult
     cal = Calibration.load(req.check)  # type: ignore[arg-type]
     if cal.gpu.tier != profile.gpu.tier:
         raise TrdeployError(f"{req.check} was measured on {cal.gpu.tier}; the profile is for {profile.gpu.tier}.", hint="Check a calibration of the profile's tier.")
-    points: list[Point] = []
-    facts: ServerFacts | None = None
-    for path in req.from_bench:
-        pts, f = points_from_report(read_report(path), str(path))
-        points += pts
-        facts = facts or f
-    run = _run(profile, [p.model_copy(update={"fit": True}) for p in points], facts or ServerFacts(), "--check")
-    rows = []
-    for _, k, obs in observations([run], profile.gpu.tier, fitted=None):
-        e = errors(obs.predict(cal.params), obs)
-        p = run.points[k]
-        rows.append({"id": p.id, "prompt_tokens": p.prompt_tokens, "output_tokens": p.output_tokens, "load": p.load.label(), "measured": p.measured.values(),
-                     "error": e, "varying_lengths": p.why_not_fit is not None and "varying" in (p.why_not_fit or "")})  # fmt: skip
-    kv = None
-    if facts is not None and (facts.kv_cache_size_tokens or facts.num_gpu_blocks):
-        measured = measured_kv_tokens(run)
-        predicted = predicted_kv_tokens(run, profile.gpu.tier, cal.cuda_total_bytes)
-        kv = {"measured_tokens": measured, "predicted_tokens": predicted, "error": predicted / measured - 1.0 if measured else None}
-    summary = summarize_errors([r["error"] for r in rows])
-    return CalibrateResult(calibration=None, check={"calibration": cal.name, "sha256": cal.sha256(), "points": rows, "summary": summary, "kv_cache_tokens": kv})
+    run = run_of_reports(_run(profile, [], ServerFacts(), "--check"), req.from_bench)
+    return CalibrateResult(calibration=None, check=accuracy_check(cal, run, profile.gpu.tier))
 
 
 def _live(req: CalibrateRequest, profile: DeploymentProfile, say: Callable[[str], None], handle_sigint: bool) -> CalibrateResult:
