@@ -38,6 +38,7 @@ CACHED_512 = 512 - KV_BLOCK_SIZE
 def _engine(model: str, settings: dict, tp: int = 1) -> EngineArgs:
     return EngineArgs(
         model=model,
+        served_model_name="m",  # what the measurement scripts serve it as
         tensor_parallel_size=tp,
         max_model_len=settings["max_model_len"],
         max_num_seqs=settings["max_num_seqs"],

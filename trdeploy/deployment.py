@@ -236,6 +236,7 @@ class Prediction(_Strict):
     sla_capacity_per_replica: int | None = Field(None, ge=0, le=1_000_000)
     capacity: CapacityPlan
     startup: Startup
+    calibration: CalibrationRef | None = None  # which calibration the latency and memory predictions come from
     # Free-form numbers for people (the memory breakdown, the latency of one replica): JSON-like, finite, shallow.
     details: dict[str, Any] = Field(default_factory=dict)
 

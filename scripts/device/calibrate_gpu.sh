@@ -2,8 +2,8 @@
 # `trdeploy calibrate` on a lent GPU with the real vLLM 0.25.0, one step per device call (calls back to back:
 # an idle machine is given back after ~30 s with its /tmp). Run ON THE GPU MACHINE from the repository root,
 # with this script's folder D (default .device-vllm/calib) carried: D/part.NN (one part of the vLLM wheels that
-# shared/tools/vllm-device/prepare.sh downloads, re-cut in 59 MiB parts), D/code (trdeploy, the profiles,
-# a gzipped Llama-3 tokenizer.json, make_llama3_8b*.py).
+# scripts/device/vllm/prepare.sh downloads, re-cut in 60.5 MiB parts), D/code (trdeploy, the profiles,
+# a gzipped Llama-3 tokenizer.json, make_llama3_8b*.py from scripts/device/vllm).
 #
 #   bash D/calibrate_gpu.sh part          # copy D/part.* to /tmp/parts; the first call also starts writing the checkpoints
 #   bash D/calibrate_gpu.sh install       # install vLLM into /tmp/site, start it with the bf16 profile's arguments, wait for /health

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trdeploy import __version__
 from trdeploy.deployment import CalibrationRef, EngineArgs, ModelInfo, Quantization
 from trdeploy.errors import TrdeployError
+from trdeploy.inputs import load_yaml, read_limited
 from trdeploy.output import write_atomic
 from trdeploy.sizing.architectures import Architecture
 from trdeploy.sizing.batching import Engine, Load, Mix
@@ -41,6 +42,8 @@ from trdeploy.sizing.memory import KV_BLOCK_SIZE, kv_cache_tokens_for_blocks, pr
 
 SCHEMA_VERSION = 1
 KIND = "trdeploy-calibration"
+MAX_CALIBRATION_BYTES = 8 * 1024 * 1024  # a sweep's calibration is about 20 KB; a big --from-bench one well under 1 MB
+_HINT = "Pass the file `trdeploy calibrate -o` wrote."
 REFERENCE_TIER = "h100"  # tiers without a calibration use its latency parameters (on their own datasheet figures)
 SHIPPED_PACKAGE = "trdeploy.data"
 SHIPPED_FOLDER = "calibrations"
@@ -231,19 +234,24 @@ class Calibration(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
+        """Read a calibration as untrusted input (a file people share): size checked before reading, nesting
+        and aliases while parsing (trdeploy.inputs), every field when validating; any problem is one line."""
         path = Path(path)
         if not path.is_file():
             raise TrdeployError(f"No calibration at {path}.", hint="Make one with `trdeploy calibrate --url URL --profile P -o FILE`.")
-        return cls.parse_text(path.read_bytes(), str(path))
+        text = read_limited(path, limit=MAX_CALIBRATION_BYTES, what="calibration", hint=_HINT)
+        return cls.parse_text(text, str(path))
 
     @classmethod
-    def parse_text(cls, raw: bytes, where: str) -> Calibration:
-        try:
-            data = yaml.safe_load(raw.decode("utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise TrdeployError(f"{where} is not valid YAML ({exc.__class__.__name__}).", hint="Pass the file `trdeploy calibrate -o` wrote.") from exc
+    def parse_text(cls, text: str | bytes, where: str) -> Calibration:
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TrdeployError(f"{where} is not UTF-8 text.", hint=_HINT) from None
+        data = load_yaml(text, where=where, hint=_HINT)
         if not isinstance(data, dict) or data.get("kind") != KIND:
-            raise TrdeployError(f"{where} is not a trdeploy calibration (no `kind: {KIND}`).", hint="Pass the file `trdeploy calibrate -o` wrote.")
+            raise TrdeployError(f"{where} is not a trdeploy calibration (no `kind: {KIND}`).", hint=_HINT)
         if data.get("schema_version") != SCHEMA_VERSION:
             raise TrdeployError(
                 f"{where} has calibration schema_version {data.get('schema_version')!r}; this trdeploy reads {SCHEMA_VERSION}.",
@@ -254,7 +262,8 @@ class Calibration(_Strict):
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise TrdeployError(f"{where} is not a valid calibration: {loc}: {first['msg']}.", hint="Pass the file `trdeploy calibrate -o` wrote.") from None
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise TrdeployError(f"{where} is not a valid calibration: {loc}: {msg}.", hint=_HINT) from None
 
 
 # ---------------------------------------------------------------------------------------------
