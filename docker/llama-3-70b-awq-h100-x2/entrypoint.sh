@@ -1,11 +1,11 @@
 #!/bin/sh
-# Rendered by trdeploy from a DeploymentProfile (sha256 e6dcc9159083, /opt/trdeploy/trdeploy.yaml); do not edit.
+# Rendered by trdeploy from a DeploymentProfile (sha256 92818db6fd80, /opt/trdeploy/trdeploy.yaml); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given after the image name
 # (docker run, a pod's args) are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is never
 # baked into the image and never put on the command line (where `ps` would show it).
 set -eu
-PROFILE_SHA256=e6dcc91590830f9211fcd932a51bcfcb5e7aa284c049e32c3c9400c2a2817d87
+PROFILE_SHA256=92818db6fd807642bc1b3d23c3f23265f2ba4c0ad5667d744b67f9b49146d2c8
 if [ -n "${TRDEPLOY_EXPECT_PROFILE_SHA256:-}" ] && [ "${TRDEPLOY_EXPECT_PROFILE_SHA256}" != "$PROFILE_SHA256" ]; then
   echo "trdeploy: this image was built from profile sha256 $PROFILE_SHA256, but TRDEPLOY_EXPECT_PROFILE_SHA256 asks for ${TRDEPLOY_EXPECT_PROFILE_SHA256}: build the image from the same profile the manifests were rendered from." >&2
   exit 64
@@ -33,7 +33,7 @@ exec vllm serve /models/Meta-Llama-3-70B-Instruct-awq \
   --tensor-parallel-size 2 \
   --dtype auto \
   --max-model-len 8192 \
-  --max-num-seqs 24 \
+  --max-num-seqs 16 \
   --max-num-batched-tokens 8192 \
   --gpu-memory-utilization 0.9 \
   --kv-cache-dtype auto \

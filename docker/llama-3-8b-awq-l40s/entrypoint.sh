@@ -1,11 +1,11 @@
 #!/bin/sh
-# Rendered by trdeploy from a DeploymentProfile (sha256 603a301b54af, /opt/trdeploy/trdeploy.yaml); do not edit.
+# Rendered by trdeploy from a DeploymentProfile (sha256 86ac72f88e21, /opt/trdeploy/trdeploy.yaml); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given after the image name
 # (docker run, a pod's args) are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is never
 # baked into the image and never put on the command line (where `ps` would show it).
 set -eu
-PROFILE_SHA256=603a301b54aff5350fd06fd10046a77f436bb0a643cba9c433ff8847e8a86a0d
+PROFILE_SHA256=86ac72f88e211212daccbb63ae7ad9809b683ae13769238ff87ab00af7f9998f
 if [ -n "${TRDEPLOY_EXPECT_PROFILE_SHA256:-}" ] && [ "${TRDEPLOY_EXPECT_PROFILE_SHA256}" != "$PROFILE_SHA256" ]; then
   echo "trdeploy: this image was built from profile sha256 $PROFILE_SHA256, but TRDEPLOY_EXPECT_PROFILE_SHA256 asks for ${TRDEPLOY_EXPECT_PROFILE_SHA256}: build the image from the same profile the manifests were rendered from." >&2
   exit 64
@@ -33,7 +33,7 @@ exec vllm serve /models/Meta-Llama-3-8B-Instruct-awq \
   --tensor-parallel-size 1 \
   --dtype auto \
   --max-model-len 8192 \
-  --max-num-seqs 24 \
+  --max-num-seqs 32 \
   --max-num-batched-tokens 2048 \
   --gpu-memory-utilization 0.9 \
   --kv-cache-dtype auto \
