@@ -88,7 +88,8 @@ def tune_args(draw) -> list[str]:
         "--sla-tpot-ms": usually(st.floats(1, 500), floats), "--max-num-seqs": usually(st.integers(1, 1024), ints),
         "--max-num-batched-tokens": usually(st.integers(16, 65536), ints),
         "--gpu-memory-utilization": usually(st.floats(0.5, 0.98), floats), "--compile-cache": st.sampled_from(["cold", "warm", "hot"]),
-        "--served-model-name": texts, "--json": st.booleans(),
+        "--served-model-name": texts, "--json": st.booleans(), "--request-rate": usually(st.floats(0.01, 100), floats),
+        "--calibration": st.sampled_from(["./no-such-calibration.yaml", "pyproject.toml"]),
     })  # fmt: skip
 
 
@@ -146,6 +147,36 @@ def test_bench_with_random_options(args: list[str], write: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         _run(args + (["-o", str(folder / "bench.json")] if write else []), folder)
+
+
+@st.composite
+def calibrate_args(draw) -> list[str]:
+    args = ["calibrate"]
+    if draw(st.integers(0, 3)) == 0:
+        args += ["--from-bench", draw(st.sampled_from(["./missing.json", "pyproject.toml", "README.md"]))]
+    else:
+        args += ["--url", draw(usually(st.just(CLOSED_URL), st.sampled_from(["ftp://x", "http://[::1", "http://h:99999", ""])))]
+    return args + _options(draw, {
+        "--budget-minutes": usually(st.floats(0.01, 10), floats), "--prior": st.sampled_from(["shipped", "datasheet", "guess"]),
+        "--seed": ints, "--prompt-salt": ints, "--timeout": usually(st.floats(0.5, 5), floats), "--model": texts,
+        "--api-key": usually(st.text("abcXYZ-_.0123456789", min_size=1, max_size=12), texts), "--name": texts,
+        "--no-leave-one-out": st.booleans(), "--json": st.booleans(), "--check": st.sampled_from(["./none.yaml", "pyproject.toml"]),
+    })  # fmt: skip
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(calibrate_args(), st.booleans())
+def test_calibrate_with_random_options(args: list[str], write: bool) -> None:
+    """No server answers and no input is a bench report: every run is one line and exit 2, nothing written."""
+    from trdeploy.sizing.tuning import TuneRequest, tune
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        tune(TuneRequest(gpu="h100", max_model_len=8192, served_model_name="m")).profile.save(folder / "p.yaml")
+        before = {p.name for p in folder.iterdir()}
+        result = invoke(*args, "--profile", str(folder / "p.yaml"), *(["-o", str(folder / "cal.yaml")] if write else []))
+        assert result.code == 2, (result.code, result.stderr[-2000:])
+        _check(result, folder, before)
 
 
 @st.composite
