@@ -34,7 +34,9 @@ from trdeploy.output import write_atomic
 
 # 2: the profile is complete for every command after tune: engine_args.served_model_name always set, the
 # tier's node facts (GPUs per node, driver, CUDA build) in `gpu`, the start-up budget, the capacity plan.
-SCHEMA_VERSION = 2
+# 3: engine_args.pipeline_parallel_size (a replica larger than a node: TP per node x PP across nodes) and
+# engine_args.shutdown_timeout (vLLM drains in-flight requests on SIGTERM instead of aborting them).
+SCHEMA_VERSION = 3
 
 # The allowed values, in one place: tune's options, the memory accounting and the profile read these.
 Quantization = Literal["none", "awq", "fp8"]  # weights: bf16, AWQ int4, fp8
@@ -71,6 +73,8 @@ class EngineArgs(_Strict):
     # every output quotes it for its language (trdeploy.deploy.container).
     served_model_name: ShortText = Field(..., min_length=1)
     tensor_parallel_size: int = Field(1, ge=1, le=64)
+    # Pipeline stages; above 1 only when a replica needs more GPUs than a node has (TP within a node, PP across).
+    pipeline_parallel_size: int = Field(1, ge=1, le=64)
     dtype: Literal["auto", "bfloat16", "float16", "half", "float", "float32"] = "auto"
     max_model_len: int = Field(..., ge=16, le=10_000_000)
     max_num_seqs: int = Field(..., ge=1, le=1_000_000)
@@ -82,6 +86,10 @@ class EngineArgs(_Strict):
     quantization: Literal["fp8"] | None = None
     enable_prefix_caching: bool | None = None
     enable_chunked_prefill: bool | None = None
+    # Seconds vLLM 0.25 waits for in-flight requests after SIGTERM (its default 0 aborts them): the drain window.
+    # tune always writes it and a profile without it is refused (DeploymentProfile); a calibration run records the
+    # engine arguments a measured server ran, which may not have set it.
+    shutdown_timeout: int | None = Field(None, ge=0, le=86_400)
 
     def to_cli_args(self) -> list[str]:
         """The flags for `vllm serve MODEL ...` (the model is positional, so it is not included)."""
@@ -277,10 +285,13 @@ class DeploymentProfile(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentProfile:
-        if self.engine_args.tensor_parallel_size != self.gpu.count:
+        ea = self.engine_args
+        if ea.shutdown_timeout is None:
+            raise ValueError("engine_args.shutdown_timeout is missing (the drain window render-k8s and the image use); tune writes it")
+        if ea.tensor_parallel_size * ea.pipeline_parallel_size != self.gpu.count:
             raise ValueError(
-                f"engine_args.tensor_parallel_size ({self.engine_args.tensor_parallel_size}) "
-                f"must equal gpu.count ({self.gpu.count})"
+                f"engine_args.tensor_parallel_size x pipeline_parallel_size ({ea.tensor_parallel_size} x "
+                f"{ea.pipeline_parallel_size}) must equal gpu.count ({self.gpu.count})"
             )
         if self.engine_args.max_num_batched_tokens < self.engine_args.max_num_seqs:
             raise ValueError("engine_args.max_num_batched_tokens must be at least max_num_seqs")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from trdeploy.deployment import DeploymentProfile
+from trdeploy.deployment import SCHEMA_VERSION, DeploymentProfile
 from trdeploy.errors import TrdeployError
 from trdeploy.sizing import startup as st
 from trdeploy.sizing.architectures import PRESETS
@@ -157,7 +157,7 @@ def test_startup_in_the_profile_scales_with_the_storage_and_the_model():
 def test_the_profile_is_complete_and_older_schemas_are_refused_in_one_line(tmp_path):
     profile = tune(TuneRequest(gpu="rtx4090", max_model_len=8192, concurrency=32)).profile
     # Everything the commands after tune read is written by tune, never defaulted downstream.
-    assert profile.schema_version == 2
+    assert profile.schema_version == SCHEMA_VERSION == 3
     assert profile.engine_args.served_model_name == profile.model.id
     assert (profile.gpu.gpus_per_node, profile.gpu.cuda, profile.gpu.min_driver) == (8, "12.9", "575.51.03")
     assert profile.prediction.startup.budget_s == math.ceil((profile.prediction.startup.cold_s * 1.5 + 60) / 10) * 10
@@ -167,13 +167,13 @@ def test_the_profile_is_complete_and_older_schemas_are_refused_in_one_line(tmp_p
     assert plan.peak_concurrency == 32 and plan.replicas_max * plan.per_replica_concurrency >= 32
     assert profile.prediction.details["concurrency_per_replica"] * plan.replicas_max != 32  # 11 x 3: only the plan rounds
     data = yaml.safe_load(profile.to_yaml())
-    for version in (1, 999, "2"):
+    for version in (1, 2, 999, "2"):
         path = tmp_path / f"v{version}.yaml"
         path.write_text(yaml.safe_dump({**data, "schema_version": version}), encoding="utf-8")
         with pytest.raises(TrdeployError) as err:
             DeploymentProfile.load(path)
         assert "\n" not in err.value.one_line()
-        assert ("Re-run `trdeploy tune`" in err.value.one_line()) == (version == 1)
+        assert ("Re-run `trdeploy tune`" in err.value.one_line()) == (version in (1, 2))
     for key in ("capacity", "startup"):
         broken = yaml.safe_load(profile.to_yaml())
         broken["prediction"].pop(key)

@@ -66,6 +66,18 @@ def startup_budget_s(cold_s: float) -> int:
     return int(math.ceil((cold_s * BUDGET_MARGIN + BUDGET_MARGIN_S) / 10.0) * 10)
 
 
+# The drain window, vLLM's `--shutdown-timeout`: after SIGTERM (a rollout, a scale-down, a node drain) vLLM 0.25
+# refuses new requests and waits this long for the ones in flight (its default 0 aborts them). The longest
+# typical request is the predicted p95 end-to-end; twice that covers a request that started just before, and a
+# floor covers a prediction that is low. render-k8s makes the termination grace period cover it.
+DRAIN_FLOOR_S = 30
+
+
+def shutdown_timeout_s(e2e_p95_ms: float) -> int:
+    """Seconds vLLM waits for in-flight requests on SIGTERM: 2 x the predicted p95 end-to-end, at least 30 s."""
+    return int(max(DRAIN_FLOOR_S, math.ceil(2 * e2e_p95_ms / 1000.0)))
+
+
 MEASURED_BASIS = (
     "measured: vLLM 0.25.0 first starts on an H200 (Llama-3-8B bf16 bare machine 228.6 s, Llama-3-70B AWQ 146.4 s with warm "
     "kernel caches; tests/data/vllm_measurements_h200.json) and an H100 (Llama-3-8B bf16 229 s; tests/data/vllm-0.25.0-h100.md)"

@@ -39,13 +39,16 @@ from trdeploy.sizing.memory import (
     KV_BLOCK_SIZE,
     NON_TORCH_TP_EXTRA_GIB,
     KvCachePrediction,
+    _quant_for,
     cdiv,
     check_tp,
     cuda_context_gib,
+    embedding_bytes,
     kv_bytes_per_token,
     max_gpu_memory_utilization,
     predict_kv_cache,
     valid_tp_sizes,
+    weights_breakdown,
 )
 from trdeploy.sizing.request import (
     DEFAULT_CONCURRENCY,
@@ -57,7 +60,7 @@ from trdeploy.sizing.request import (
     DEFAULT_SLA_TTFT_P95_MS,
     TuneRequest,
 )
-from trdeploy.sizing.startup import StartupInputs, predict_startup
+from trdeploy.sizing.startup import DRAIN_FLOOR_S, StartupInputs, predict_startup, shutdown_timeout_s
 
 MAX_TP = 8
 MAX_MODEL_LEN_ROUNDING = 256
@@ -133,13 +136,14 @@ def round_up(x: int, to: int) -> int:
 
 @dataclass(frozen=True)
 class _Plan:
-    tp: int
+    tp: int  # GPUs per replica (the memory model splits weights and KV heads over all of them)
     quantization: str
     kv_cache_dtype: str
     max_model_len: int
     max_num_seqs: int
     max_num_batched_tokens: int
     gpu_memory_utilization: float
+    pp: int = 1  # pipeline stages: tensor_parallel_size is tp // pp (see parallel_layout)
 
 
 def _predict(model: ResolvedModel, gpu: GpuSpec, plan: _Plan, compile_cache: str) -> KvCachePrediction:
@@ -513,9 +517,31 @@ def choose_tensor_parallel(target: Target, base_plan: _Plan, gpus: int | None, c
     raise _not_fit_error(model, gpu, base_plan, _predict(model, gpu, base_plan, compile_cache), compile_cache, gpus_fixed=False)
 
 
+def parallel_layout(gpus: int, gpus_per_node: int) -> tuple[int, int]:
+    """(tensor_parallel_size, pipeline_parallel_size) of a replica: tensor parallelism within one node; a replica
+    larger than a node takes vLLM's multi-node layout (its LeaderWorkerSet guide): TP = GPUs per node, PP = nodes,
+    so the all-reduce of every layer stays on the node's interconnect and only activations cross the network."""
+    if gpus <= gpus_per_node:
+        return gpus, 1
+    if gpus % gpus_per_node:
+        raise TrdeployError(
+            f"{gpus} GPUs per replica do not fill whole nodes of {gpus_per_node} GPUs (tensor parallelism per node x pipeline stages across nodes).",
+            hint=f"Pass --gpus as a multiple of {gpus_per_node}, or --gpus-per-node to match your nodes.",
+        )
+    return gpus_per_node, gpus // gpus_per_node
+
+
 def _step(target: Target, plan: _Plan, kv: KvCachePrediction):
+    tp, parts, kv_token = plan.tp, kv.weights_parts, kv.kv_bytes_per_token
+    if plan.pp > 1:
+        # A token passes the pipeline's stages one after another: each decode step reads every layer once, spread over
+        # the tp GPUs of a stage, as one tp-way engine running the whole model would.
+        arch = target.model.arch
+        tp = plan.tp // plan.pp
+        parts = weights_breakdown(arch, target.gpu, tp=tp, quant=_quant_for(target.model, plan.quantization), kv_cache_dtype=plan.kv_cache_dtype)
+        kv_token = kv_bytes_per_token(arch, plan.kv_cache_dtype, tp)
     return step_model(
-        target.model.arch, target.gpu, tp=plan.tp, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token,
+        target.model.arch, target.gpu, tp=tp, weights_parts=parts, kv_bytes_per_token=kv_token,
         quantization=plan.quantization, params=target.params,
     )  # fmt: skip
 
@@ -729,13 +755,15 @@ def build_profile(
     engine = EngineArgs(
         model=served,
         served_model_name=req.served_model_name or model.id,
-        tensor_parallel_size=plan.tp,
+        tensor_parallel_size=plan.tp // plan.pp,
+        pipeline_parallel_size=plan.pp,
         max_model_len=plan.max_model_len,
         max_num_seqs=plan.max_num_seqs,
         max_num_batched_tokens=plan.max_num_batched_tokens,
         gpu_memory_utilization=plan.gpu_memory_utilization,
         kv_cache_dtype=plan.kv_cache_dtype,  # type: ignore[arg-type]
         quantization="fp8" if plan.quantization == "fp8" and (model.quant is None) else None,
+        shutdown_timeout=shutdown_timeout_s(lat.e2e_p95_ms),
     )
     full_kv_per_token = kv_bytes_per_token(arch, plan.kv_cache_dtype, 1)
     hourly = replicas * plan.tp * gpu.hourly_usd
@@ -791,7 +819,12 @@ def build_profile(
             "checkpoint_bytes": model.checkpoint_bytes,
         },
     )
-    assumptions = [*shape.assumptions, *_sla_note(req, sla), *traffic.assumptions, *_standard_assumptions(gpu, plan, req.compile_cache, target.calibration, lat)]
+    assumptions = [
+        *shape.assumptions, *_sla_note(req, sla), *traffic.assumptions, *_standard_assumptions(gpu, plan, req.compile_cache, target.calibration, lat),
+        *_pipeline_note(arch, plan),
+        f"Drain: vLLM --shutdown-timeout {engine.shutdown_timeout} s (2 x the predicted p95 end-to-end {lat.e2e_p95_ms / 1000:.1f} s, "
+        f"at least {DRAIN_FLOOR_S} s): on SIGTERM vLLM refuses new requests and finishes those in flight for up to that long.",
+    ]
     if model_note:
         assumptions.append(model_note)
     name = req.name or default_name(arch.name, plan.quantization, gpu.tier, plan.tp)
@@ -874,6 +907,7 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: TokensPerWordFn = context_toke
     shape = plan_shape(req, target.model, tokens_per_word_fn)
     sla = plan_sla(req)
     plan, kv = choose_tensor_parallel(target, initial_plan(req, target, shape.max_model_len, util), req.gpus, req.compile_cache)
+    plan = replace(plan, pp=parallel_layout(plan.tp, req.gpus_per_node or target.gpu.gpus_per_node)[1])
     latency_at = _latency_fn(target, plan, kv, shape)
     traffic = plan_traffic(req, latency_at, _kv_capacity(kv, shape), sla, _rate_latency_fn(target, replace(plan, max_num_seqs=max(plan.max_num_seqs, _kv_capacity(kv, shape))), kv, shape))
     capacity = sla_capacity(latency_at, sla, _kv_capacity(kv, shape))
@@ -882,6 +916,23 @@ def tune(req: TuneRequest, *, tokens_per_word_fn: TokensPerWordFn = context_toke
     warnings.extend(outcome.warnings)
     profile = build_profile(req, target, plan, kv, shape, sla, traffic, outcome)
     return TuneResult(profile=profile, kv=kv, latency=outcome.latency, model=target.model, gpu=target.gpu, warnings=warnings)
+
+
+def _pipeline_note(arch, plan: _Plan) -> list[str]:
+    """What the prediction of a multi-node replica (TP per node x PP across nodes) does and does not model."""
+    if plan.pp == 1:
+        return []
+    tp = plan.tp // plan.pp
+    extra_gib = (embedding_bytes(arch, tp) - embedding_bytes(arch, plan.tp)) / GiB
+    return [
+        f"Multi-node layout: tensor parallelism {tp} within a node x pipeline parallelism {plan.pp} across nodes (vLLM's LeaderWorkerSet "
+        f"layout). Memory is predicted as {plan.tp} GPUs each holding 1/{plan.tp} of the weights and KV heads; not modelled: the first "
+        f"pipeline stage holds the embedding and the last the LM head split over {tp} GPUs, not {plan.tp} (+{extra_gib:.2f} GiB on those "
+        "GPUs, so vLLM's KV cache, the smallest stage's, is that much smaller), and KV heads replicated when TP x PP exceeds the KV heads. "
+        f"Latency is predicted as one {tp}-GPU engine running every layer (a token passes the stages in turn); not modelled: the "
+        "activations sent between nodes at each stage boundary and the overlap of micro-batches across stages, which raises throughput "
+        "at high concurrency. Measure with `trdeploy bench`."
+    ]
 
 
 def _standard_assumptions(gpu: GpuSpec, plan: _Plan, compile_cache: str, calibration: CalibrationRef | None = None, lat: LatencyPrediction | None = None) -> list[str]:
@@ -913,7 +964,7 @@ def _standard_assumptions(gpu: GpuSpec, plan: _Plan, compile_cache: str, calibra
     ]
     if plan.tp > 1:
         out.append(
-            f"Tensor parallelism {plan.tp}: per-GPU weights, KV heads and activations are split as vLLM splits them; the extra memory "
+            f"Tensor parallelism {plan.tp // plan.pp}" + (f" x pipeline parallelism {plan.pp}" if plan.pp > 1 else "") + ": per-GPU weights, KV heads and activations are split as vLLM splits them; the extra memory "
             f"per GPU (NCCL and all-reduce buffers: {NON_TORCH_TP_EXTRA_GIB} GiB in vLLM's budget, {cuda_context_gib(plan.tp)} GiB of context) "
             "was measured with 2 GPUs (H100, Llama-3-8B, first start)"
             + (" and is assumed the same for more" if plan.tp > 2 else "")
