@@ -1,15 +1,17 @@
 #!/bin/sh
-# Rendered by trdeploy from a DeploymentProfile (sha256 a1e0be4c4009, /opt/trdeploy/trdeploy.yaml); do not edit.
+# Rendered by trdeploy from a DeploymentProfile (sha256 bca8c71516c7, /opt/trdeploy/trdeploy.yaml); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given after the image name
 # (docker run, a pod's args) are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is never
 # baked into the image and never put on the command line (where `ps` would show it).
 set -eu
-PROFILE_SHA256=a1e0be4c4009368a82a64912b2f1489288910bddcee4ae9dbb486c7803fb7d6c
+PROFILE_SHA256=bca8c71516c753a077b8ab37fee6c3de8ee4fa5378b5a9ff445f0cbc6c3242ea
 if [ -n "${TRDEPLOY_EXPECT_PROFILE_SHA256:-}" ] && [ "${TRDEPLOY_EXPECT_PROFILE_SHA256}" != "$PROFILE_SHA256" ]; then
   echo "trdeploy: this image was built from profile sha256 $PROFILE_SHA256, but TRDEPLOY_EXPECT_PROFILE_SHA256 asks for ${TRDEPLOY_EXPECT_PROFILE_SHA256}: build the image from the same profile the manifests were rendered from." >&2
   exit 64
 fi
+# Group-writable files too: another UID in the group (a later pod, an arbitrary UID) can write what this one made.
+umask 0002
 # A fresh volume at /cache hides the image's cache folders: make them (as this user) before vLLM starts.
 mkdir -p "${HOME:-/cache/home}" "${XDG_CACHE_HOME:-/cache/xdg}" "${VLLM_CACHE_ROOT:-/cache/vllm}" "${FLASHINFER_WORKSPACE_BASE:-/cache/flashinfer}" "${TRITON_CACHE_DIR:-/cache/triton}" "${TORCHINDUCTOR_CACHE_DIR:-/cache/inductor}" "${HF_HOME:-/cache/huggingface}" 2>/dev/null || true
 if [ -z "${VLLM_API_KEY:-}" ] && [ -n "${VLLM_API_KEY_FILE:-}" ]; then
@@ -31,11 +33,13 @@ fi
 exec vllm serve /models/Meta-Llama-3-8B-Instruct-awq \
   --served-model-name meta-llama/Meta-Llama-3-8B-Instruct \
   --tensor-parallel-size 1 \
+  --pipeline-parallel-size 1 \
   --dtype auto \
   --max-model-len 8192 \
   --max-num-seqs 72 \
   --max-num-batched-tokens 8192 \
   --gpu-memory-utilization 0.9 \
   --kv-cache-dtype auto \
+  --shutdown-timeout 30 \
   --port 8000 \
   "$@"

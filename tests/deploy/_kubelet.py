@@ -3,8 +3,8 @@
 `run_pod(client, pod_spec, secrets=..., volumes_root=...)` runs the pod's init containers to
 completion, in order, then its first container, with what the spec says and nothing else:
 - image, `command` as the entrypoint and `args` as the command (both replace the image's when given);
-- `securityContext`: runAsUser/runAsGroup (container over pod), readOnlyRootFilesystem, dropped
-  capabilities, no-new-privileges;
+- `securityContext`: runAsUser/runAsGroup (container over pod), the pod's fsGroup and supplementalGroups as
+  extra groups, readOnlyRootFilesystem, dropped and added capabilities, no-new-privileges;
 - env: `value` as is, `valueFrom.secretKeyRef` from `secrets` ({(name, key): value}); a missing
   optional key is left out, a missing required one fails as the kubelet does (CreateContainerConfigError);
 - volumes: each emptyDir or persistentVolumeClaim is a host folder under `volumes_root`, owned by root
@@ -12,6 +12,11 @@ completion, in order, then its first container, with what the spec says and noth
   to a volume that supports it); `subPath` mounts a sub-folder (created as the kubelet does, root-owned
   0750, when missing); `readOnly` mounts read-only; an emptyDir with medium Memory at /dev/shm becomes
   the container's shm size. Host networking (this sandbox has no bridge).
+- `ignores_fsgroup={"cache": (uid, gid, mode)}`: that volume is one whose driver does not apply fsGroup (most
+  NFS-like ReadWriteMany volumes): its root keeps the owner and mode its provisioner gave.
+
+`terminate_pod(container, spec)` stops it as the kubelet does: the preStop exec hook, then SIGTERM, then
+SIGKILL once terminationGracePeriodSeconds (counted from the start of preStop) have passed.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ def _env(container: dict[str, Any], secrets: dict[tuple[str, str], str]) -> dict
     return env
 
 
-def _volume_dirs(pod: dict[str, Any], root: Path) -> dict[str, Path]:
+def _volume_dirs(pod: dict[str, Any], root: Path, ignores_fsgroup: dict[str, tuple[int, int, int]]) -> dict[str, Path]:
     fs_group = (pod.get("securityContext") or {}).get("fsGroup")
     dirs = {}
     for vol in pod.get("volumes", []):
@@ -57,7 +62,11 @@ def _volume_dirs(pod: dict[str, Any], root: Path) -> dict[str, Path]:
             raise PodFailed(f"volume type not emulated: {vol}")
         path = root / vol["name"]
         path.mkdir(parents=True, exist_ok=True)
-        if fs_group is not None:
+        if vol["name"] in ignores_fsgroup:
+            uid, gid, mode = ignores_fsgroup[vol["name"]]
+            os.chown(path, uid, gid)
+            path.chmod(mode)
+        elif fs_group is not None:
             os.chown(path, 0, fs_group)
             path.chmod(0o2775)
         dirs[vol["name"]] = path
@@ -97,16 +106,18 @@ def start_container(client, pod: dict[str, Any], container: dict[str, Any], dirs
     binds, shm = _mounts(container, pod, dirs)
     sc = container.get("securityContext") or {}
     user = _user(container, pod)
-    groups = [str((pod.get("securityContext") or {}).get("fsGroup"))] if (pod.get("securityContext") or {}).get("fsGroup") is not None else None
+    psc = pod.get("securityContext") or {}
+    groups = [str(g) for g in ([psc["fsGroup"]] if psc.get("fsGroup") is not None else []) + list(psc.get("supplementalGroups") or [])]
     return client.containers.run(
         container["image"],
         entrypoint=container.get("command"),
         command=container.get("args"),
         environment={**_env(container, secrets), **(extra_env or {})},
         user=user,
-        group_add=groups,
+        group_add=groups or None,
         read_only=bool(sc.get("readOnlyRootFilesystem")),
         cap_drop=(sc.get("capabilities") or {}).get("drop"),
+        cap_add=(sc.get("capabilities") or {}).get("add"),
         security_opt=["no-new-privileges"] if sc.get("allowPrivilegeEscalation") is False else None,
         volumes=binds,
         shm_size=_quantity_bytes(shm) if shm else None,
@@ -117,9 +128,10 @@ def start_container(client, pod: dict[str, Any], container: dict[str, Any], dirs
 
 
 def run_pod(client, pod: dict[str, Any], *, secrets: dict[tuple[str, str], str], volumes_root: Path, name: str,
-            extra_env: dict[str, str] | None = None, init_timeout: float = 120):
+            extra_env: dict[str, str] | None = None, init_timeout: float = 120,
+            ignores_fsgroup: dict[str, tuple[int, int, int]] | None = None):
     """Init containers to completion, then the first container, started. Returns (container, volume dirs)."""
-    dirs = _volume_dirs(pod, volumes_root)
+    dirs = _volume_dirs(pod, volumes_root, ignores_fsgroup or {})
     for i, init in enumerate(pod.get("initContainers", [])):
         c = start_container(client, pod, init, dirs, secrets, f"{name}-init{i}", extra_env)
         try:
@@ -149,3 +161,25 @@ def wait_for(url: str, container, budget_s: float, *, status: int = 200) -> tupl
             raise PodFailed(f"container exited ({container.status}) before {url} answered {status}: {container.logs().decode()[-2000:]}")
         time.sleep(0.2)
     raise PodFailed(f"{url} did not answer {status} within {budget_s} s (seen {seen}): {container.logs().decode()[-2000:]}")
+
+
+def terminate_pod(container, pod: dict[str, Any]) -> dict[str, Any]:
+    """Stop the pod's first container as the kubelet does; returns what happened, with timings."""
+    spec = pod["containers"][0]
+    grace = float(pod.get("terminationGracePeriodSeconds", 30))
+    t0 = time.monotonic()
+    hook = ((spec.get("lifecycle") or {}).get("preStop") or {}).get("exec")
+    if hook:
+        result = container.exec_run(hook["command"], user=_user(spec, pod) or "")
+        if result.exit_code != 0:
+            raise PodFailed(f"preStop exited {result.exit_code}: {result.output.decode()[-500:]}")
+    prestop = time.monotonic() - t0
+    container.kill(signal="SIGTERM")
+    killed = False
+    try:
+        status = container.wait(timeout=max(0.1, grace - prestop))["StatusCode"]
+    except Exception:  # the grace period ran out: SIGKILL
+        container.kill(signal="SIGKILL")
+        status = container.wait(timeout=30)["StatusCode"]
+        killed = True
+    return {"prestop_s": prestop, "stopped_after_s": time.monotonic() - t0, "exit_code": status, "killed": killed}

@@ -17,7 +17,11 @@ Like vLLM 0.25's `vllm serve MODEL [flags]`:
 - GET /health answers 503 for $STANDIN_STARTUP_DELAY_S seconds (default 0), then 200;
 - GET /metrics: vLLM 0.25 names with the model_name label (running, waiting, KV use, counters);
 - POST /v1/completions and /v1/chat/completions stream max_tokens SSE chunks ($STANDIN_TTFT_S,
-  $STANDIN_ITL_S apart), then a usage chunk and [DONE]; `stream: false` answers in one body.
+  $STANDIN_ITL_S apart), then a usage chunk and [DONE]; `stream: false` answers in one body;
+- SIGTERM, as vLLM 0.25 (entrypoints/launcher.py, v1/engine/core.py) with `--shutdown-timeout N` (default 0):
+  0 is mode "abort": requests in flight end at once with finish_reason "abort"; above 0 is "drain": a request
+  that arrives from then on ends at once with finish_reason "abort" (the engine refuses it), those in flight
+  run on for up to N seconds (then abort), and the process exits when none is left.
 
 On start it prints one line, `STANDIN_VLLM {json}` (argv, env, uid, gid, cwd, whether each cache
 directory is writable), also written to $STANDIN_RECORD if set. SIGTERM stops it.
@@ -40,6 +44,7 @@ VALUE_FLAGS = {
     "--uvicorn-log-level", "--revision", "--tokenizer", "--seed", "--block-size", "--swap-space", "--download-dir",
     "--load-format", "--root-path", "--max-log-len",
 }
+ABORT = "abort"
 BOOL_FLAGS = {"--enable-prefix-caching", "--enable-chunked-prefill", "--trust-remote-code", "--disable-log-requests",
               "--disable-log-stats", "--enforce-eager", "--enable-log-requests"}
 
@@ -116,7 +121,7 @@ def find_model(model):
 
 
 ARGV = sys.argv[1:]
-STATE = {"running": 0, "prompt_tokens": 0, "generation_tokens": 0, "success": 0}
+STATE = {"running": 0, "prompt_tokens": 0, "generation_tokens": 0, "success": 0, "shutting_down": False, "abort": False}
 
 
 def main():
@@ -150,6 +155,7 @@ def main():
         "ready_at": time.monotonic() + float(os.environ.get("STANDIN_STARTUP_DELAY_S", "0")),
         "ttft": float(os.environ.get("STANDIN_TTFT_S", "0.02")),
         "itl": float(os.environ.get("STANDIN_ITL_S", "0.002")),
+        "shutdown_timeout": int(flags.get("--shutdown-timeout", "0")),
     }
     print(f"standin vllm: serving {config['served']} on port {config['port']}", flush=True)
     asyncio.run(serve(config))
@@ -233,6 +239,17 @@ async def serve(cfg):
     loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
     async with server:
         await stop
+        timeout = cfg["shutdown_timeout"]
+        STATE["shutting_down"] = True
+        STATE["abort"] = timeout == 0
+        print(f"standin vllm: SIGTERM, mode={'abort' if timeout == 0 else 'drain'} timeout={timeout}s, {STATE['running']} in flight", flush=True)
+        deadline = time.monotonic() + timeout
+        while STATE["running"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        STATE["abort"] = True
+        while STATE["running"]:  # the aborted ones send their last chunk
+            await asyncio.sleep(0.01)
+        print(f"standin vllm: stopped ({STATE['success']} requests finished)", flush=True)
 
 
 async def _answer(writer, req, cfg, chat):
@@ -241,24 +258,44 @@ async def _answer(writer, req, cfg, chat):
     prompt_tokens = len(prompt) if isinstance(prompt, list) else max(1, len(str(prompt).split()))
     STATE["running"] += 1
     try:
-        await asyncio.sleep(cfg["ttft"])
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": n + prompt_tokens}
+        # Shutting down: the engine refuses a new request (it finishes at once, aborted).
+        sent = 0 if STATE["shutting_down"] else None
+        if sent is None:
+            await asyncio.sleep(cfg["ttft"])
         if not req.get("stream"):
-            await asyncio.sleep(cfg["itl"] * (n - 1))
-            text = " kelime" * n
+            if sent is None:
+                await asyncio.sleep(cfg["itl"] * (n - 1))
+            done = n if sent is None and not STATE["abort"] else 0
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": done + prompt_tokens}
+            text = " kelime" * done
             choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
-            choice["finish_reason"] = "length"
+            choice["finish_reason"] = "length" if done == n else ABORT
             _reply(writer, "200 OK", {"id": "x", "model": cfg["served"], "choices": [choice], "usage": usage})
+            n = done
         else:
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-            for i in range(n):
+            done, reason = 0, ABORT
+            while sent is None and done < n:
+                if STATE["abort"]:
+                    break
+                done += 1
+                last = done == n
+                if last:
+                    reason = "length"
                 choice = {"index": 0, "delta": {"content": " kelime"}} if chat else {"index": 0, "text": " kelime"}
-                choice["finish_reason"] = "length" if i == n - 1 else None
+                choice["finish_reason"] = "length" if last else None
                 writer.write(_chunk(b"data: " + json.dumps({"id": "x", "model": cfg["served"], "choices": [choice]}).encode() + b"\n\n"))
                 await writer.drain()
-                if i < n - 1:
+                if not last:
                     await asyncio.sleep(cfg["itl"])
+            if reason == ABORT:
+                choice = {"index": 0, "delta": {}} if chat else {"index": 0, "text": ""}
+                choice["finish_reason"] = ABORT
+                writer.write(_chunk(b"data: " + json.dumps({"id": "x", "model": cfg["served"], "choices": [choice]}).encode() + b"\n\n"))
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": done + prompt_tokens}
             writer.write(_chunk(b"data: " + json.dumps({"id": "x", "choices": [], "usage": usage}).encode() + b"\n\ndata: [DONE]\n\n") + b"0\r\n\r\n")
+            await writer.drain()
+            n = done
         STATE["prompt_tokens"] += prompt_tokens
         STATE["generation_tokens"] += n
         STATE["success"] += 1

@@ -181,6 +181,8 @@ def entrypoint_script(profile: DeploymentProfile, *, weights_in_image: bool, api
         ' ${' + EXPECT_PROFILE_ENV + '}: build the image from the same profile the manifests were rendered from." >&2',
         "  exit 64",
         "fi",
+        "# Group-writable files too: another UID in the group (a later pod, an arbitrary UID) can write what this one made.",
+        "umask 0002",
         f"# A fresh volume at {CACHE_ROOT} hides the image's cache folders: make them (as this user) before vLLM starts.",
         "mkdir -p " + " ".join(f'"${{{var}:-{CACHE_ROOT}/{sub}}}"' for var, sub in CACHE_DIRS.items()) + " 2>/dev/null || true",
         f'if [ -z "${{{API_KEY_ENV}:-}}" ] && [ -n "${{{API_KEY_FILE_ENV}:-}}" ]; then',

@@ -7,6 +7,8 @@
   of which says why it does not apply to a GPU inference server.
 - `kubectl kustomize DIR` renders the folder to the same objects.
 - every PromQL expression parses with promql-parser (the Rust promql-parser crate's Python binding).
+- a Helm chart (`--format helm`): `helm lint --strict` passes, and `helm template NAME CHART --namespace NS`
+  with default values renders exactly the objects of the kustomize folder, which the checks above validate.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ValidationReport:
     checkov: dict[str, Any] = field(default_factory=dict)
     kustomize_objects: int | None = None
     promql_parsed: int = 0
+    helm: dict[str, Any] | None = None  # a chart: helm's version, lint result, objects `helm template` rendered
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,7 @@ class ValidationReport:
             "checkov": self.checkov,
             "kustomize_objects": self.kustomize_objects,
             "promql_parsed": self.promql_parsed,
+            "helm": self.helm,
         }
 
 
@@ -79,7 +83,9 @@ def pod_templates_as_deployments(objects: list[dict[str, Any]]) -> list[dict[str
             out.append({
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
-                "metadata": {"name": f"{meta['name']}-{role.removesuffix('Template')}", "namespace": meta.get("namespace")},
+                # The LeaderWorkerSet's annotations come along: checkov's skip annotations hold for its pods too.
+                "metadata": {"name": f"{meta['name']}-{role.removesuffix('Template')}", "namespace": meta.get("namespace"),
+                             **pod_template_metadata(obj)},
                 "spec": {"selector": {"matchLabels": template["metadata"]["labels"]}, "template": template},
             })
     return out
@@ -108,6 +114,10 @@ def validate_kubernetes(objects: list[dict[str, Any]], report: ValidationReport)
                 raise TrdeployError(f"Kubernetes {version} rejects {what}: {where}: {exc.message.splitlines()[0]}.", hint="This is a render-k8s bug; report it with the profile.") from exc
         report.kubernetes[version] = count
     report.skipped = sorted(skipped)
+
+
+def pod_template_metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj["metadata"].items() if k == "annotations"}
 
 
 def _checkov_binary() -> str | None:
@@ -204,6 +214,53 @@ def promql_in_folder(folder: Path) -> list[str]:
             for text in obj["data"].values():
                 exprs += [t["expr"] for p in json.loads(text)["panels"] for t in p["targets"]]
     return exprs
+
+
+def helm_binary() -> str | None:
+    """helm: $TRDEPLOY_HELM, the one scripts/ci/k8s-tools.sh installs (.venv/tools/helm/helm), or on PATH."""
+    env = os.environ.get("TRDEPLOY_HELM")
+    root = Path(__file__).resolve().parents[2]
+    candidates = [env] if env else []
+    candidates += [str(root / ".venv" / "tools" / "helm" / "helm"), shutil.which("helm") or ""]
+    return next((c for c in candidates if c and Path(c).is_file()), None)
+
+
+def _helm(args: list[str]) -> subprocess.CompletedProcess[str]:
+    binary = helm_binary()
+    if binary is None:
+        raise TrdeployError("helm is not installed (needed to check a chart).", hint="Run scripts/ci/k8s-tools.sh or install helm 3.")
+    env = {**os.environ, "HELM_CACHE_HOME": tempfile.gettempdir() + "/trdeploy-helm-cache", "HELM_CONFIG_HOME": tempfile.gettempdir() + "/trdeploy-helm-config"}
+    return subprocess.run([binary, *args], check=False, capture_output=True, text=True, timeout=120, env=env)
+
+
+def helm_template(chart: str | Path, name: str, namespace: str, *extra: str) -> list[dict[str, Any]]:
+    """The objects `helm template NAME CHART --namespace NS [extra]` renders."""
+    proc = _helm(["template", name, str(chart), "--namespace", namespace, *extra])
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TrdeployError(f"helm template {chart} fails: {last}", hint="This is a render-k8s bug.")
+    return [o for o in yaml.safe_load_all(proc.stdout) if o]
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str, str]:
+    return (obj.get("apiVersion", ""), obj.get("kind", ""), obj.get("metadata", {}).get("name", ""))
+
+
+def validate_chart(chart: str | Path, expected: list[dict[str, Any]], name: str, namespace: str, report: ValidationReport) -> None:
+    """helm lint --strict, then `helm template` with default values must render exactly `expected` (the folder's objects)."""
+    lint = _helm(["lint", "--strict", str(chart)])
+    if lint.returncode != 0:
+        bad = [line for line in lint.stdout.splitlines() if line.startswith(("[ERROR]", "[WARNING]"))] or lint.stderr.strip().splitlines()[-1:]
+        raise TrdeployError(f"helm lint {chart} fails: {'; '.join(bad[:3])}", hint="This is a render-k8s bug.")
+    got = sorted(helm_template(chart, name, namespace), key=_key)
+    want = sorted((yaml.safe_load(yaml.safe_dump(o)) for o in expected), key=_key)
+    if [_key(o) for o in got] != [_key(o) for o in want]:
+        raise TrdeployError(f"helm template renders {[_key(o)[1:] for o in got]}, the folder holds {[_key(o)[1:] for o in want]}.", hint="This is a render-k8s bug.")
+    for g, w in zip(got, want, strict=True):
+        if g != w:
+            raise TrdeployError(f"helm template renders {_key(g)[1]} {_key(g)[2]} unlike the folder's.", hint="This is a render-k8s bug.")
+    version = _helm(["version", "--short"]).stdout.strip()
+    report.helm = {"version": version, "lint": "passed (--strict)", "objects": len(got), "equal_to_folder": True}
 
 
 def validate_folder(folder: str | Path, *, checkov: bool = True) -> ValidationReport:

@@ -1,30 +1,52 @@
 """Observability: the PromQL (one builder per signal), the scrape object, the SLA alerts and the Grafana
-dashboard. Metric names, labels and buckets come from trdeploy.deploy.vllm_metrics; numbers from the plan."""
+dashboard. Metric names, labels and buckets come from trdeploy.deploy.vllm_metrics; numbers from the plan.
+
+Every selector is this deployment's own series: `namespace` and `job` are the target labels prometheus-operator
+gives every series it scrapes (pkg/prometheus/promcfg.go: a ServiceMonitor's job is the Service's name, a
+PodMonitor's "<namespace>/<PodMonitor name>"), so two deployments serving the same model name in one namespace
+(the bf16 and the AWQ recipe) never read each other's load; `model_name` is vLLM's own label.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from trdeploy.deploy.container import promql_string
 from trdeploy.deploy.k8s.common import labels, meta, selector, serving_selector
+from trdeploy.deploy.k8s.knobs import JsonText, maximum, merged, text, truncate
 from trdeploy.deploy.k8s.plan import Plan
-from trdeploy.deploy.vllm_metrics import Histogram, VllmMetrics
+from trdeploy.deploy.vllm_metrics import Histogram
 from trdeploy.errors import TrdeployError
 
-HPA_METRIC = "vllm_requests_in_flight"
+
+def scrape_job(p: Plan) -> str:
+    """The `job` label prometheus-operator puts on every series of this deployment's scrape object."""
+    return f"{p.namespace}/{p.name}" if p.opts.monitor == "podmonitor" else p.name
 
 
-def sel(p: Plan, **extra: str) -> str:
-    """The one label-matcher builder: every value is a quoted PromQL string (a served name cannot close the
-    matcher and add an expression of its own)."""
-    matchers = {"namespace": p.namespace, p.m.model_label: p.served_model_name, **extra}
-    return "{" + ",".join(f"{k}={promql_string(v)}" for k, v in matchers.items()) + "}"
+def sel(p: Plan, *, model: bool = True, regex: dict[str, str] | None = None, **extra: str) -> str:
+    """The one label-matcher builder: this deployment's series (scrape target labels) of its served model (`model=False`:
+    metrics without vLLM's model label); `regex` adds =~ matchers. Every value is a quoted PromQL string (a served
+    name cannot close the matcher and add an expression of its own)."""
+    matchers = {"namespace": p.namespace, "job": scrape_job(p)}
+    if model:
+        matchers[p.m.model_label] = p.served_model_name
+    matchers.update(extra)
+    parts = [f"{k}={promql_string(v)}" for k, v in matchers.items()] + [f"{k}=~{promql_string(v)}" for k, v in (regex or {}).items()]
+    return "{" + ",".join(parts) + "}"
 
 
 def in_flight_total(p: Plan) -> str:
+    """Requests running + waiting over this deployment's replicas. No `or vector(0)`: with no series (no scrape)
+    the result is empty, and KEDA (ignoreNullValues "false") takes that as an error and holds its fallback."""
     s = sel(p)
-    return f"(sum({p.m.num_requests_running}{s}) + sum({p.m.num_requests_waiting}{s})) or vector(0)"
+    return f"sum({p.m.num_requests_running}{s}) + sum({p.m.num_requests_waiting}{s})"
+
+
+def hpa_metric(p: Plan) -> str:
+    """The custom metric (prometheus-adapter) of the HPA alternative: one name per deployment, whose rule reads
+    only this deployment's series."""
+    return f"{p.name}-vllm-requests-in-flight"
 
 
 def quantile(p: Plan, h: Histogram, q: float, window: str = "5m") -> str:
@@ -32,23 +54,31 @@ def quantile(p: Plan, h: Histogram, q: float, window: str = "5m") -> str:
 
 
 def error_ratio(p: Plan, window: str = "5m") -> str:
-    matchers = f"namespace={promql_string(p.namespace)},pod=~{promql_string(p.name + '-.*')},handler=~\"/v1/.*\""
+    """5xx share of /v1 requests (prometheus-fastapi-instrumentator's counter has no model_name label)."""
+    v1 = {"handler": "/v1/.*"}
     return (
-        f'sum(rate({p.m.http_requests}{{{matchers},status="5xx"}}[{window}])) / '
-        f"clamp_min(sum(rate({p.m.http_requests}{{{matchers}}}[{window}])), 1e-9)"
+        f'sum(rate({p.m.http_requests}{sel(p, model=False, regex=v1, status="5xx")}[{window}])) / '
+        f"clamp_min(sum(rate({p.m.http_requests}{sel(p, model=False, regex=v1)}[{window}])), 1e-9)"
     )
+
+
+def monitoring_meta(p: Plan) -> dict[str, Any]:
+    """Metadata of the objects a Prometheus selects by label (kube-prometheus-stack: `release: <its release>`)."""
+    m = meta(p)
+    m["labels"] = merged(m["labels"], p.monitoring_labels)
+    return m
 
 
 def monitor(p: Plan) -> dict[str, Any]:
     endpoint = {"port": "http", "path": p.m.metrics_path, "interval": "15s", "scrapeTimeout": "10s"}
     if p.opts.monitor == "podmonitor":
         return {
-            "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": meta(p),
+            "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": monitoring_meta(p),
             "spec": {"selector": {"matchLabels": serving_selector(p)}, "namespaceSelector": {"matchNames": [p.namespace]},
                      "podMetricsEndpoints": [endpoint]},
         }
     return {
-        "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": meta(p),
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": monitoring_meta(p),
         "spec": {"selector": {"matchLabels": selector(p)}, "namespaceSelector": {"matchNames": [p.namespace]},
                  "endpoints": [endpoint]},
     }
@@ -106,13 +136,18 @@ def rules(p: Plan, warnings: list[str]) -> tuple[dict[str, Any], list[str]]:
           f"{p.name}: more than 1% of /v1 requests fail with 5xx", "Server errors from vLLM's OpenAI API (prometheus-fastapi-instrumentator counter).")
     alert("VllmKVCacheNearlyFull", f"max({m.kv_cache_usage}{sel(p)}) > 0.9", "10m", "warning",
           f"{p.name}: KV cache above 90% on a replica", f"{m.kv_cache_usage} is a 0-1 fraction; near 1 vLLM preempts requests and latency climbs.")
-    queue = max(1, p.target)
-    alert("VllmQueueBuilding", f"sum({m.num_requests_waiting}{sel(p)}) > {queue}", "5m", "warning",
-          f"{p.name}: more than {queue} requests waiting", "A replica's worth of requests queue: autoscaling at its maximum or too slow.")
+    queue = maximum(1, p.target)
+    alert("VllmQueueBuilding", text("sum({}{}) > {}", m.num_requests_waiting, sel(p), queue), "5m", "warning",
+          text("{}: more than {} requests waiting", p.name, queue),
+          "A replica's worth of requests queue: autoscaling at its maximum or too slow.")
+    alert("VllmMetricsAbsent", f"absent({m.num_requests_running}{sel(p)})", "10m", "critical",
+          f"{p.name}: no vLLM metrics scraped",
+          "Prometheus has no series of this deployment: the scrape object is not selected (kube-prometheus-stack selects "
+          "`release: <its release>`; render-k8s --monitoring-label) or the pods are down. The autoscaler holds its fallback replicas.")
     obj = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": meta(p),
+        "metadata": monitoring_meta(p),
         "spec": {"groups": [{"name": f"{p.name}.sla", "rules": list(out)}]},
     }
     return obj, [r["expr"] for r in out]
@@ -126,7 +161,7 @@ def dashboard(p: Plan) -> tuple[dict[str, Any], list[str]]:
         ("Time per output token, per request (s)", "s", [(quantile(p, m.tpot, 0.5), "p50"), (quantile(p, m.tpot, 0.95), "p95")], p.sla_tpot_s),
         ("End-to-end latency (s)", "s", [(quantile(p, m.e2e, 0.5), "p50"), (quantile(p, m.e2e, 0.95), "p95")], p.sla_e2e_p95_s),
         ("Requests running / waiting", "short", [(f"sum by (pod) ({m.num_requests_running}{s})", "running {{pod}}"),
-                                                 (f"sum by (pod) ({m.num_requests_waiting}{s})", "waiting {{pod}}")], float(p.target)),
+                                                 (f"sum by (pod) ({m.num_requests_waiting}{s})", "waiting {{pod}}")], p.target),
         ("KV cache usage (0-1)", "percentunit", [(f"max by (pod) ({m.kv_cache_usage}{s})", "{{pod}}")], 0.9),
         ("Tokens per second", "short", [(f"sum(rate({m.prompt_tokens}{s}[5m]))", "prompt"),
                                          (f"sum(rate({m.generation_tokens}{s}[5m]))", "generation")], None),
@@ -149,7 +184,7 @@ def dashboard(p: Plan) -> tuple[dict[str, Any], list[str]]:
         })
         exprs.extend(e for e, _ in targets)
     board = {
-        "title": f"vLLM {p.name}", "uid": f"trdeploy-{p.name}"[:40], "schemaVersion": 39, "refresh": "30s",
+        "title": f"vLLM {p.name}", "uid": truncate(text("trdeploy-{}", p.name), 40), "schemaVersion": 39, "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"}, "tags": ["vllm", "trdeploy"],
         "templating": {"list": [{"name": "datasource", "type": "datasource", "query": "prometheus"}]},
         "panels": panels,
@@ -158,19 +193,22 @@ def dashboard(p: Plan) -> tuple[dict[str, Any], list[str]]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {**meta(p, f"{p.name}-dashboard"), "labels": {**labels(p), "grafana_dashboard": "1"}},
-        "data": {f"{p.name}.json": json.dumps(board, indent=1, sort_keys=True)},
+        "data": {f"{p.name}.json": JsonText(board)},
     }
     return cm, exprs
 
 
-def hpa_adapter_rule(m: VllmMetrics) -> dict[str, Any]:
-    """The prometheus-adapter rule that gives the HPA alternative its per-pod metric."""
+def hpa_adapter_rule(p: Plan) -> dict[str, Any]:
+    """The prometheus-adapter rule that gives the HPA alternative its per-pod metric, from this deployment's series
+    only (the same target labels as the KEDA query)."""
+    m = p.m
+    own = sel(p)[1:-1]
     return {
-        "seriesQuery": f'{m.num_requests_running}{{namespace!="",pod!=""}}',
+        "seriesQuery": f"{m.num_requests_running}{{{own}}}",
         "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
-        "name": {"as": HPA_METRIC},
+        "name": {"as": hpa_metric(p)},
         "metricsQuery": (
-            f"sum by (<<.GroupBy>>) ({m.num_requests_running}{{<<.LabelMatchers>>}}) + "
-            f"sum by (<<.GroupBy>>) ({m.num_requests_waiting}{{<<.LabelMatchers>>}})"
+            f"sum by (<<.GroupBy>>) ({m.num_requests_running}{{<<.LabelMatchers>>,{own}}}) + "
+            f"sum by (<<.GroupBy>>) ({m.num_requests_waiting}{{<<.LabelMatchers>>,{own}}})"
         ),
     }
