@@ -175,11 +175,16 @@ def terminate_pod(container, pod: dict[str, Any]) -> dict[str, Any]:
             raise PodFailed(f"preStop exited {result.exit_code}: {result.output.decode()[-500:]}")
     prestop = time.monotonic() - t0
     container.kill(signal="SIGTERM")
-    killed = False
-    try:
-        status = container.wait(timeout=max(0.1, grace - prestop))["StatusCode"]
-    except Exception:  # the grace period ran out: SIGKILL
-        container.kill(signal="SIGKILL")
-        status = container.wait(timeout=30)["StatusCode"]
-        killed = True
+    deadline = t0 + grace
+    while True:  # the kubelet's clock, not a client timeout: poll until the container exits or the grace period ends
+        container.reload()
+        if container.status not in ("created", "running", "restarting"):
+            killed = False
+            break
+        if time.monotonic() >= deadline:
+            container.kill(signal="SIGKILL")
+            killed = True
+            break
+        time.sleep(0.2)
+    status = container.wait(timeout=60)["StatusCode"]
     return {"prestop_s": prestop, "stopped_after_s": time.monotonic() - t0, "exit_code": status, "killed": killed}

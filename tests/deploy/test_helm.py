@@ -141,7 +141,7 @@ def test_values_yaml_schema_and_templates_agree(tmp_path):
     assert chart_meta["apiVersion"] == "v2" and chart_meta["appVersion"] == "0.25.0" and chart_meta["annotations"]["trdeploy.io/profile-sha256"]
     # values.schema.json refuses what the cluster would refuse later (helm checks it before rendering).
     for bad in ("replicas.min=0", 'cache.accessMode="ReadWriteSome"', 'monitoring.labels={"release": 1}', 'replicaz={"min": 1}'):
-        with pytest.raises(TrdeployError, match="helm template .* fails"):
+        with pytest.raises(TrdeployError, match=r"helm template .* fails"):
             helm_template(chart, "x", "llm", "--set-json", bad)
 
 
@@ -154,10 +154,10 @@ def test_validation_catches_a_chart_that_drifts_from_the_folder(tmp_path):
     validate_chart(chart, want, rendered.plan.name, "llm", ValidationReport())
     text = (chart / "templates" / "pdb.yaml").read_text()
     (chart / "templates" / "pdb.yaml").write_text(text.replace("maxUnavailable: 1", "minAvailable: 1"))
-    with pytest.raises(TrdeployError, match="renders PodDisruptionBudget .* unlike the folder's"):
+    with pytest.raises(TrdeployError, match=r"renders PodDisruptionBudget .* unlike the folder's"):
         validate_chart(chart, want, rendered.plan.name, "llm", ValidationReport())
     (chart / "templates" / "pdb.yaml").write_text(text.replace("maxUnavailable: 1", "maxUnavailable: {{ .Values.nope.x }}"))
-    with pytest.raises(TrdeployError, match="helm lint .* fails"):
+    with pytest.raises(TrdeployError, match=r"helm lint .* fails"):
         validate_chart(chart, want, rendered.plan.name, "llm", ValidationReport())
 
 

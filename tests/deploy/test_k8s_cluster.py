@@ -162,7 +162,8 @@ def _series(metric: str, labels: dict[str, str], values: str) -> dict[str, str]:
 def _promtool_test(tmp_path: Path, tests: list[dict], groups: list[dict] | None = None) -> subprocess.CompletedProcess:
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups or []}))
     (tmp_path / "test.yaml").write_text(yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "15s", "tests": tests}, sort_keys=False))
-    return subprocess.run([_promtool(), "test", "rules", str(tmp_path / "test.yaml")], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    return subprocess.run([_promtool(), "test", "rules", str(tmp_path / "test.yaml")], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, check=False)
 
 
 def _vllm_pod_series(namespace: str, job: str, pod: str, model: str, running: int, waiting: int) -> list[dict[str, str]]:

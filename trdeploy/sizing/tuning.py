@@ -964,7 +964,8 @@ def _standard_assumptions(gpu: GpuSpec, plan: _Plan, compile_cache: str, calibra
     ]
     if plan.tp > 1:
         out.append(
-            f"Tensor parallelism {plan.tp // plan.pp}" + (f" x pipeline parallelism {plan.pp}" if plan.pp > 1 else "") + ": per-GPU weights, KV heads and activations are split as vLLM splits them; the extra memory "
+            f"Tensor parallelism {plan.tp // plan.pp}" + (f" x pipeline parallelism {plan.pp}" if plan.pp > 1 else "")
+            + ": per-GPU weights, KV heads and activations are split as vLLM splits them; the extra memory "
             f"per GPU (NCCL and all-reduce buffers: {NON_TORCH_TP_EXTRA_GIB} GiB in vLLM's budget, {cuda_context_gib(plan.tp)} GiB of context) "
             "was measured with 2 GPUs (H100, Llama-3-8B, first start)"
             + (" and is assumed the same for more" if plan.tp > 2 else "")
