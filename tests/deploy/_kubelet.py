@@ -2,7 +2,9 @@
 
 `run_pod(client, pod_spec, secrets=..., volumes_root=...)` runs the pod's init containers to
 completion, in order, then its first container, with what the spec says and nothing else:
-- image, `command` as the entrypoint and `args` as the command (both replace the image's when given);
+- image, `command` as the entrypoint and `args` as the command (both replace the image's when given), with
+  Kubernetes' expansion: `$(VAR)` of a variable the container defines becomes its value, `$$` becomes `$`, any
+  other `$(...)` stays as it is;
 - `securityContext`: runAsUser/runAsGroup (container over pod), the pod's fsGroup and supplementalGroups as
   extra groups, readOnlyRootFilesystem, dropped and added capabilities, no-new-privileges;
 - env: `value` as is, `valueFrom.secretKeyRef` from `secrets` ({(name, key): value}); a missing
@@ -52,6 +54,29 @@ def _env(container: dict[str, Any], secrets: dict[tuple[str, str], str]) -> dict
         elif not ref.get("optional"):
             raise PodFailed(f"CreateContainerConfigError: secret {ref['name']!r} key {ref['key']!r} not found")
     return env
+
+
+def _expand(words: list[str] | None, env: dict[str, str]) -> list[str] | None:
+    """Kubernetes' command/args expansion (k8s.io/kubernetes third_party/forked/golang/expansion)."""
+    if words is None:
+        return None
+    out = []
+    for word in words:
+        text, i = [], 0
+        while i < len(word):
+            if word.startswith("$$", i):
+                text.append("$")
+                i += 2
+            elif word.startswith("$(", i) and ")" in word[i + 2:]:
+                end = word.index(")", i + 2)
+                name = word[i + 2:end]
+                text.append(env[name] if name in env else word[i:end + 1])
+                i = end + 1
+            else:
+                text.append(word[i])
+                i += 1
+        out.append("".join(text))
+    return out
 
 
 def _volume_dirs(pod: dict[str, Any], root: Path, ignores_fsgroup: dict[str, tuple[int, int, int]]) -> dict[str, Path]:
@@ -106,13 +131,14 @@ def start_container(client, pod: dict[str, Any], container: dict[str, Any], dirs
     binds, shm = _mounts(container, pod, dirs)
     sc = container.get("securityContext") or {}
     user = _user(container, pod)
+    env = {**_env(container, secrets), **(extra_env or {})}
     psc = pod.get("securityContext") or {}
     groups = [str(g) for g in ([psc["fsGroup"]] if psc.get("fsGroup") is not None else []) + list(psc.get("supplementalGroups") or [])]
     return client.containers.run(
         container["image"],
-        entrypoint=container.get("command"),
-        command=container.get("args"),
-        environment={**_env(container, secrets), **(extra_env or {})},
+        entrypoint=_expand(container.get("command"), env),
+        command=_expand(container.get("args"), env),
+        environment=env,
         user=user,
         group_add=groups or None,
         read_only=bool(sc.get("readOnlyRootFilesystem")),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import threading
 import urllib.request
 from pathlib import Path
@@ -65,7 +66,7 @@ def _stream(port: int, max_tokens: int, out: dict) -> None:
                                  headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
     out.update(tokens=0, finish_reason=None, error=None)
     try:
-        with urllib.request.urlopen(req, timeout=120) as resp:
+        with urllib.request.urlopen(req, timeout=60) as resp:
             for raw in resp:
                 line = raw.decode().strip()
                 if not line.startswith("data: {"):
@@ -100,20 +101,25 @@ def test_a_request_in_flight_survives_termination_and_is_cut_without_the_drain(d
         stops = {}
 
         def stop(mode: str) -> None:
+            import docker  # the build extra (the docker_client fixture skips without it)
+
+            # A client of its own per thread: docker-py's exec and wait calls are not safe to share across threads.
+            own = docker.DockerClient(base_url=os.environ["DOCKER_HOST"], timeout=300)
             try:
-                stops[mode] = terminate_pod(runs[mode]["container"], runs[mode]["pod"])
+                stops[mode] = terminate_pod(own.containers.get(runs[mode]["container"].id), runs[mode]["pod"])
             except Exception as exc:  # shown by the assertion below
                 stops[mode] = {"error": repr(exc)}
+            finally:
+                own.close()
 
         stoppers = [threading.Thread(target=stop, args=(m,)) for m in runs]
         for t in stoppers:
             t.start()
-        for t in threads:
-            t.join(120)
-        for t in stoppers:
-            t.join(120)
+        for t in [*threads, *stoppers]:
+            t.join(180)
         drain, abort = runs["drain"]["stream"], runs["abort"]["stream"]
-        assert drain["error"] is None and drain["tokens"] == 200 and drain["finish_reason"] == "length", drain
+        logs = {m: r["container"].logs().decode()[-1500:] for m, r in runs.items()}
+        assert drain["error"] is None and drain["tokens"] == 200 and drain["finish_reason"] == "length", (drain, stops, logs["drain"])
         assert abort["finish_reason"] == "abort" and 50 < abort["tokens"] < 200, abort  # cut at SIGTERM, ~10 s in
         for mode, r in runs.items():
             s = stops[mode]

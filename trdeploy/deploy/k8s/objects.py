@@ -167,7 +167,7 @@ def _cache_dirs_container(p: Plan) -> dict[str, Any]:
         "name": "cache-dirs",
         "image": p.image,
         "imagePullPolicy": "Always",
-        "command": ["/bin/sh", "-c", script],
+        "command": ["/bin/sh", "-c", ct.k8s_text(script)],  # its $(id -u) is the shell's, not a Kubernetes variable
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
         "securityContext": security_context(p),
         "volumeMounts": [{"name": "cache", "mountPath": ct.CACHE_ROOT}],
@@ -183,7 +183,7 @@ def _cache_owner_container(p: Plan) -> dict[str, Any]:
         "name": "cache-owner",
         "image": p.image,
         "imagePullPolicy": "Always",
-        "command": ["/bin/sh", "-c", script],
+        "command": ["/bin/sh", "-c", ct.k8s_text(script)],
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
         "securityContext": sc,
         "volumeMounts": [{"name": "cache", "mountPath": ct.CACHE_ROOT}],
