@@ -20,7 +20,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 DEFAULT_DOCKER_HOST = "unix:///var/run/trdeploy-docker/docker.sock"
 ROOTFS_TAG = "trdeploy-test/debian-python3:bookworm"  # made by scripts/ci/docker-engine.sh
-STANDIN_TAG = "trdeploy-test/vllm-openai:standin"
+STANDIN_REPO = "trdeploy-test/vllm-openai"
 
 _STANDIN_DOCKERFILE = f"""FROM {ROOTFS_TAG}
 COPY standin_vllm.py /usr/local/bin/vllm
@@ -67,9 +67,15 @@ def vllm_base_image(docker_client) -> str:
         docker_client.images.get(ROOTFS_TAG)
     except docker.errors.ImageNotFound:
         _unavailable(f"local base {ROOTFS_TAG} is missing (scripts/ci/docker-engine.sh builds it)")
+    import hashlib
     import io
     import tarfile
 
+    # Tagged by the stand-in's content: sessions sharing one engine (worktrees, CI jobs) never build over each
+    # other's stand-in between this build and the images built FROM it.
+    sources = [HERE / "standin_vllm.py", HERE / "standin_hf" / "huggingface_hub" / "__init__.py"]
+    digest = hashlib.sha256(_STANDIN_DOCKERFILE.encode() + b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
+    tag = f"{STANDIN_REPO}:standin-{digest}"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         data = _STANDIN_DOCKERFILE.encode()
@@ -79,5 +85,5 @@ def vllm_base_image(docker_client) -> str:
         tar.add(HERE / "standin_vllm.py", arcname="standin_vllm.py")
         tar.add(HERE / "standin_hf" / "huggingface_hub" / "__init__.py", arcname="standin_hf/huggingface_hub/__init__.py")
     buf.seek(0)
-    docker_client.images.build(fileobj=buf, custom_context=True, tag=STANDIN_TAG, rm=True, network_mode="host", pull=False)
-    return STANDIN_TAG
+    docker_client.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True, network_mode="host", pull=False)
+    return tag
