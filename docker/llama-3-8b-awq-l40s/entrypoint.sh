@@ -1,11 +1,11 @@
 #!/bin/sh
-# Rendered by trdeploy from a DeploymentProfile (sha256 5033edd7f098, /opt/trdeploy/trdeploy.yaml); do not edit.
+# Rendered by trdeploy from a DeploymentProfile (sha256 d215e9d1cb0d, /opt/trdeploy/trdeploy.yaml); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given after the image name
 # (docker run, a pod's args) are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is never
 # baked into the image and never put on the command line (where `ps` would show it).
 set -eu
-PROFILE_SHA256=5033edd7f0984c01d23f418bc8878d53db546b6b86999f52470d850a1933f778
+PROFILE_SHA256=d215e9d1cb0d79345fa66b191731db889a9399b53fd371a2e38b99399c180bef
 if [ -n "${TRDEPLOY_EXPECT_PROFILE_SHA256:-}" ] && [ "${TRDEPLOY_EXPECT_PROFILE_SHA256}" != "$PROFILE_SHA256" ]; then
   echo "trdeploy: this image was built from profile sha256 $PROFILE_SHA256, but TRDEPLOY_EXPECT_PROFILE_SHA256 asks for ${TRDEPLOY_EXPECT_PROFILE_SHA256}: build the image from the same profile the manifests were rendered from." >&2
   exit 64
@@ -36,7 +36,7 @@ exec vllm serve /models/Meta-Llama-3-8B-Instruct-awq \
   --pipeline-parallel-size 1 \
   --dtype auto \
   --max-model-len 8192 \
-  --max-num-seqs 24 \
+  --max-num-seqs 32 \
   --max-num-batched-tokens 2048 \
   --gpu-memory-utilization 0.9 \
   --kv-cache-dtype auto \

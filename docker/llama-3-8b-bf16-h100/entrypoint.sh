@@ -1,11 +1,11 @@
 #!/bin/sh
-# Rendered by trdeploy from a DeploymentProfile (sha256 335bd3fdf43e, /opt/trdeploy/trdeploy.yaml); do not edit.
+# Rendered by trdeploy from a DeploymentProfile (sha256 c15f280701a6, /opt/trdeploy/trdeploy.yaml); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given after the image name
 # (docker run, a pod's args) are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is never
 # baked into the image and never put on the command line (where `ps` would show it).
 set -eu
-PROFILE_SHA256=335bd3fdf43e73b9cfb1e0cb9a4d52e9e6c0d9cd694db8ee55e4a65695c4ec4e
+PROFILE_SHA256=c15f280701a6bdfbc3adf43ff8fe9e9acbc23eb97ead7b47b0d4b4b8c6e0fea1
 if [ -n "${TRDEPLOY_EXPECT_PROFILE_SHA256:-}" ] && [ "${TRDEPLOY_EXPECT_PROFILE_SHA256}" != "$PROFILE_SHA256" ]; then
   echo "trdeploy: this image was built from profile sha256 $PROFILE_SHA256, but TRDEPLOY_EXPECT_PROFILE_SHA256 asks for ${TRDEPLOY_EXPECT_PROFILE_SHA256}: build the image from the same profile the manifests were rendered from." >&2
   exit 64
@@ -36,7 +36,7 @@ exec vllm serve meta-llama/Meta-Llama-3-8B-Instruct \
   --pipeline-parallel-size 1 \
   --dtype auto \
   --max-model-len 8192 \
-  --max-num-seqs 72 \
+  --max-num-seqs 80 \
   --max-num-batched-tokens 8192 \
   --gpu-memory-utilization 0.9 \
   --kv-cache-dtype auto \
