@@ -270,7 +270,7 @@ def test_mount_image_runs_the_profile_as_non_root_and_turns_healthy(docker_clien
 def test_healthcheck_probes_the_port_the_server_uses(docker_client, vllm_base_image):
     """The probe reads the server's --port (the last one wins, as in vLLM): it fails while that server
     answers 503 and passes once it answers 200. A probe on 8000 or on the first --port would never pass."""
-    tag = "trdeploy-test/health:1"
+    tag = f"trdeploy-test/health:{free_port()}"  # unique: sessions may share one engine
     _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag)
     port = free_port()
     container = docker_client.containers.run(tag, command=["--port", "1", "--port", str(port)], network_mode="host", detach=True,
@@ -292,7 +292,7 @@ def test_healthcheck_probes_the_port_the_server_uses(docker_client, vllm_base_im
 
 
 def test_entrypoint_refuses_an_image_built_from_another_profile(docker_client, vllm_base_image):
-    tag = "trdeploy-test/identity:1"
+    tag = f"trdeploy-test/identity:{free_port()}"  # unique: sessions may share one engine
     _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag)
     other = ct.profile_sha256(_profile(AWQ_L40S))
     out = docker_client.containers.run(tag, environment={ct.EXPECT_PROFILE_ENV: other}, network_mode="host", detach=True)
@@ -317,7 +317,7 @@ def _exit_and_log(docker_client, image: str, *, env=None, command=None, volumes=
 
 
 def test_image_refuses_to_serve_without_a_key_unless_built_to(docker_client, vllm_base_image, tmp_path):
-    tag = "trdeploy-test/keys:1"
+    tag = f"trdeploy-test/keys:{free_port()}"  # unique: sessions may share one engine
     _build(str(BF16_H100), "--base-image", vllm_base_image, "--tag", tag)
     port = str(free_port())
     keyfile = tmp_path / "key"
@@ -425,7 +425,7 @@ def test_failed_step_is_one_line_and_leaves_no_tag(docker_client, tmp_path):
         tar.addfile(info, io.BytesIO(b""))
     shell_less = "trdeploy-test/no-shell:1"
     docker_client.api.import_image_from_data(buf.getvalue(), repository="trdeploy-test/no-shell", tag="1")
-    tag = "trdeploy-test/failed:1"
+    tag = f"trdeploy-test/failed:{free_port()}"  # unique: sessions may share one engine
     r = run_cli("build", str(BF16_H100), "--base-image", shell_less, "--tag", tag)
     assert r.returncode == 2, r.stderr
     error = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]

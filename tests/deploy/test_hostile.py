@@ -392,7 +392,7 @@ def test_the_engine_builds_a_hostile_name_as_a_literal_label(docker_client, vllm
     """The Dockerfile's own substitution (`$HOME` in a LABEL) and quoting, checked by the real engine."""
     served = 'm $HOME ${USER} "q" \\ $(id)'
     path = _edit(tmp_path, lambda d: d["engine_args"].update(served_model_name=served))
-    tag = "trdeploy-test/hostile:1"
+    tag = f"trdeploy-test/hostile:{free_port()}"  # unique: sessions may share one engine
     result = invoke("build", str(path), "--base-image", vllm_base_image, "--tag", tag, "--json")
     assert result.code == 0, result.stderr[-2000:]
     try:
