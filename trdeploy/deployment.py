@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trdeploy import __version__, hub
 from trdeploy.errors import TrdeployError
@@ -29,7 +29,7 @@ from trdeploy.fields import (
     json_safe,
     model_folder_name_ok,
 )
-from trdeploy.inputs import MAX_PROFILE_BYTES, load_yaml, read_limited
+from trdeploy.inputs import MAX_PROFILE_BYTES, load_yaml, read_limited, validate_document
 from trdeploy.output import write_atomic
 
 # 2: the profile is complete for every command after tune: engine_args.served_model_name always set, the
@@ -316,10 +316,4 @@ class DeploymentProfile(_Strict):
         if not isinstance(data, dict):
             raise TrdeployError(f"{path} does not hold a DeploymentProfile mapping.", hint=hint)
         check_schema_version(data.get("schema_version"), path)
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            msg = str(first["msg"]).removeprefix("Value error, ")
-            raise TrdeployError(f"{path} is not a valid DeploymentProfile: {where}: {msg}.", hint=hint) from None
+        return validate_document(cls, data, where=str(path), what="DeploymentProfile", hint=hint)

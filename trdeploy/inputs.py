@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 from yaml.composer import Composer
 from yaml.nodes import Node
 
 from trdeploy.errors import TrdeployError
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_PROFILE_BYTES = 1024 * 1024  # a profile tune writes is about 6 KB
 MAX_YAML_DEPTH = 32  # a profile nests 4 levels deep
@@ -86,6 +89,18 @@ def load_yaml(text: str, *, where: str, hint: str, max_depth: int = MAX_YAML_DEP
         raise TrdeployError(f"{where} holds a value YAML cannot convert ({str(exc)[:80]}).", hint=hint) from None
     finally:
         loader.dispose()
+
+
+def validate_document(model: type[M], data: Any, *, where: str, what: str, hint: str) -> M:
+    """`model` validated from parsed `data`; pydantic's first complaint as the one line:
+    `WHERE is not a valid WHAT: field.path: message.`"""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise TrdeployError(f"{where} is not a valid {what}: {loc}: {msg}.", hint=hint) from None
 
 
 def loads_json(text: str | bytes, *, where: str, hint: str, max_depth: int = MAX_JSON_DEPTH) -> Any:

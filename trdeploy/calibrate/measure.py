@@ -55,13 +55,7 @@ def _point(sp: SweepPoint, summary: dict[str, Any], server: dict[str, Any] | Non
         why = f"{pc['hit_rate']:.0%} of the prompt tokens came from the prefix cache"
     if why is None and completed < sp.load.num_requests:
         why = f"{completed} of {sp.load.num_requests} requests completed"
-    measured = Measured(
-        ttft_p50_ms=summary.get("median_ttft_ms") or None,
-        ttft_p95_ms=summary.get("p95_ttft_ms") or None,
-        tpot_p50_ms=summary.get("median_tpot_ms") or None,
-        e2e_p95_ms=summary.get("p95_e2el_ms") or None,
-        output_throughput=summary.get("output_throughput") or None,
-    )
+    measured = Measured.from_bench_run(summary)
     load = sp.load
     return Point(
         id=sp.id,

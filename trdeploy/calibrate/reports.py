@@ -8,21 +8,23 @@ runs with failed requests, interrupted runs and runs whose prompts came from the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from trdeploy.errors import TrdeployError
+from trdeploy.inputs import loads_json
 from trdeploy.sizing.calibration import Measured, Point, PointLoad, ServerFacts
 
 
 def read_report(path: Path) -> dict[str, Any]:
+    hint = "Pass files `trdeploy bench --json` (or -o) wrote."
     if not path.is_file():
-        raise TrdeployError(f"No bench report at {path}.", hint="Pass files `trdeploy bench --json` (or -o) wrote.")
+        raise TrdeployError(f"No bench report at {path}.", hint=hint)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TrdeployError(f"{path} is not JSON ({exc.__class__.__name__}).", hint="Pass files `trdeploy bench --json` (or -o) wrote.") from exc
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrdeployError(f"{path} is not JSON ({exc.__class__.__name__}).", hint=hint) from None
+    data = loads_json(text, where=str(path), hint=hint)
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or "trdeploy" not in str(data.get("tool", "")):
         raise TrdeployError(f"{path} is not a trdeploy bench report.", hint="Pass files `trdeploy bench --json` (or -o) wrote.")
     return data
@@ -78,13 +80,7 @@ def _point(run: dict[str, Any], k: int, source: str, *, fixed: bool, max_tokens:
         prompt_tokens=max(1, prompt),
         output_tokens=max(1, output),
         load=pl,
-        measured=Measured(
-            ttft_p50_ms=run.get("median_ttft_ms") or None,
-            ttft_p95_ms=run.get("p95_ttft_ms") or None,
-            tpot_p50_ms=run.get("median_tpot_ms") or None,
-            e2e_p95_ms=run.get("p95_e2el_ms") or None,
-            output_throughput=run.get("output_throughput") or None,
-        ),
+        measured=Measured.from_bench_run(run),
         completed=completed,
         failed=failed,
         duration_s=run.get("duration"),

@@ -26,12 +26,12 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trdeploy import __version__
 from trdeploy.deployment import CalibrationRef, EngineArgs, ModelInfo, Quantization
 from trdeploy.errors import TrdeployError
-from trdeploy.inputs import load_yaml, read_limited
+from trdeploy.inputs import load_yaml, read_limited, validate_document
 from trdeploy.output import write_atomic
 from trdeploy.sizing.architectures import Architecture
 from trdeploy.sizing.batching import Engine, Load, Mix
@@ -86,6 +86,17 @@ class Measured(_Strict):
 
     def values(self) -> dict[str, float]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
+
+    @classmethod
+    def from_bench_run(cls, run: dict[str, Any]) -> Measured:
+        """From one run of a bench report (or bench's summary of a point: the same keys)."""
+        return cls(
+            ttft_p50_ms=run.get("median_ttft_ms") or None,
+            ttft_p95_ms=run.get("p95_ttft_ms") or None,
+            tpot_p50_ms=run.get("median_tpot_ms") or None,
+            e2e_p95_ms=run.get("p95_e2el_ms") or None,
+            output_throughput=run.get("output_throughput") or None,
+        )
 
 
 class Point(_Strict):
@@ -257,13 +268,7 @@ class Calibration(_Strict):
                 f"{where} has calibration schema_version {data.get('schema_version')!r}; this trdeploy reads {SCHEMA_VERSION}.",
                 hint="Run `trdeploy calibrate` again with this version.",
             )
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            msg = str(first["msg"]).removeprefix("Value error, ")
-            raise TrdeployError(f"{where} is not a valid calibration: {loc}: {msg}.", hint=_HINT) from None
+        return validate_document(cls, data, where=where, what="calibration", hint=_HINT)
 
 
 # ---------------------------------------------------------------------------------------------
