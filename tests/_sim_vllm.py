@@ -22,7 +22,9 @@ Text prompts are "tokenized" as one token per 3 UTF-8 bytes (stable ids from the
 
 /metrics: vllm:num_requests_running/waiting, vllm:kv_cache_usage_perc, vllm:prompt_tokens_total,
 vllm:generation_tokens_total, vllm:request_success_total, vllm:num_preemptions_total,
-vllm:prefix_cache_queries_total/hits_total (all with model_name and engine labels), and
+vllm:prefix_cache_queries_total/hits_total, the _sum and _count of vllm:request_queue_time_seconds,
+vllm:request_prefill_time_seconds and vllm:time_to_first_token_seconds (queued when the engine takes the
+request in at a step boundary, as vLLM's engine core does; all with model_name and engine labels), and
 vllm:cache_config_info with CacheConfig's labels (num_gpu_blocks, block_size, kv_cache_size_tokens,
 gpu_memory_utilization, cache_dtype, enable_prefix_caching, engine).
 """
@@ -52,6 +54,8 @@ class Req:
     blocks: int = 0
     prefill_left: int = 0
     arrival: float = field(default_factory=time.monotonic)
+    queued: float | None = None  # the engine took it in (a step boundary, as vLLM's engine core does)
+    scheduled: float | None = None  # first scheduled
 
     @property
     def tokens(self) -> int:
@@ -74,6 +78,7 @@ class Engine:
         self.cache: OrderedDict[bytes, None] = OrderedDict()  # block hash chain -> present (LRU)
         self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "request_success": 0, "num_preemptions": 0,
                          "prefix_cache_queries": 0, "prefix_cache_hits": 0}  # fmt: skip
+        self.hist = {k: [0.0, 0] for k in ("request_queue_time_seconds", "request_prefill_time_seconds", "time_to_first_token_seconds")}
         self.wake = asyncio.Event()
         self.next_id = 0
 
@@ -128,6 +133,10 @@ class Engine:
 
     def schedule(self) -> tuple[list[tuple[Req, int]], int, int, float, float]:
         """(scheduled (request, new tokens), tokens, seqs, attention units, context tokens read)."""
+        now = time.monotonic()
+        for r in self.waiting:
+            if r.queued is None:
+                r.queued = now
         budget = self.budget
         plan: list[tuple[Req, int]] = []
         i = 0
@@ -160,6 +169,8 @@ class Engine:
             if need > self.free_blocks:
                 break
             self.waiting.popleft()
+            if r.scheduled is None:
+                r.scheduled = now
             self.free_blocks -= need
             r.blocks += need
             self.running.append(r)
@@ -204,6 +215,11 @@ class Engine:
                     if r.out > 0:  # a preempted request caught up: its next token comes now
                         pass
                 r.out += 1
+                if r.out == 1:  # vLLM's request histograms (sum and count): queue, prefill, time to first token
+                    for key, value in (("request_queue_time_seconds", r.scheduled - r.queued), ("request_prefill_time_seconds", end - r.scheduled),
+                                       ("time_to_first_token_seconds", end - r.arrival)):  # fmt: skip
+                        self.hist[key][0] += value
+                        self.hist[key][1] += 1
                 self.counters["generation_tokens"] += 1
                 done = r.out >= r.max_tokens
                 r.stream_q.put_nowait(("token", done))
@@ -234,6 +250,9 @@ class Server:
         ]
         for key, value in e.counters.items():
             lines.append(f"vllm:{key}_total{{{labels}}} {float(value)}")
+        for key, (total, count) in e.hist.items():
+            lines.append(f"vllm:{key}_sum{{{labels}}} {total}")
+            lines.append(f"vllm:{key}_count{{{labels}}} {float(count)}")
         info = {"block_size": BLOCK, "cache_dtype": "auto", "enable_prefix_caching": str(e.prefix_caching), "engine": "0",
                 "gpu_memory_utilization": self.cfg.get("gpu_memory_utilization", 0.9), "num_gpu_blocks": e.num_blocks,
                 "kv_cache_size_tokens": e.num_blocks * BLOCK, "num_cpu_blocks": None}  # fmt: skip

@@ -1,11 +1,11 @@
 #!/bin/sh
-# Rendered by trdeploy from a DeploymentProfile (sha256 3ce95afe6edf, /opt/trdeploy/trdeploy.yaml); do not edit.
+# Rendered by trdeploy from a DeploymentProfile (sha256 3f9ea476e00c, /opt/trdeploy/trdeploy.yaml); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given after the image name
 # (docker run, a pod's args) are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is never
 # baked into the image and never put on the command line (where `ps` would show it).
 set -eu
-PROFILE_SHA256=3ce95afe6edf3945e225e37c8a96744a39068522706792b26c4da5718373704d
+PROFILE_SHA256=3f9ea476e00c6bb266f35e92d6a7973f6c095f9e2de45352a33a58f329f18962
 if [ -n "${TRDEPLOY_EXPECT_PROFILE_SHA256:-}" ] && [ "${TRDEPLOY_EXPECT_PROFILE_SHA256}" != "$PROFILE_SHA256" ]; then
   echo "trdeploy: this image was built from profile sha256 $PROFILE_SHA256, but TRDEPLOY_EXPECT_PROFILE_SHA256 asks for ${TRDEPLOY_EXPECT_PROFILE_SHA256}: build the image from the same profile the manifests were rendered from." >&2
   exit 64

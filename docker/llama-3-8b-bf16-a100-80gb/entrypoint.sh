@@ -1,11 +1,11 @@
 #!/bin/sh
-# Rendered by trdeploy from a DeploymentProfile (sha256 7101c0c36aca, /opt/trdeploy/trdeploy.yaml); do not edit.
+# Rendered by trdeploy from a DeploymentProfile (sha256 35a2735a0123, /opt/trdeploy/trdeploy.yaml); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given after the image name
 # (docker run, a pod's args) are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is never
 # baked into the image and never put on the command line (where `ps` would show it).
 set -eu
-PROFILE_SHA256=7101c0c36acac79f15c086423a34a248514db01c6335b08b6c35d07354324ab0
+PROFILE_SHA256=35a2735a012366f7bfe962cd2fd9d31a83d5972ef37ab4652b7d1c8223c9c30b
 if [ -n "${TRDEPLOY_EXPECT_PROFILE_SHA256:-}" ] && [ "${TRDEPLOY_EXPECT_PROFILE_SHA256}" != "$PROFILE_SHA256" ]; then
   echo "trdeploy: this image was built from profile sha256 $PROFILE_SHA256, but TRDEPLOY_EXPECT_PROFILE_SHA256 asks for ${TRDEPLOY_EXPECT_PROFILE_SHA256}: build the image from the same profile the manifests were rendered from." >&2
   exit 64

@@ -1,11 +1,11 @@
 #!/bin/sh
-# Rendered by trdeploy from a DeploymentProfile (sha256 dbaede72fcb1, /opt/trdeploy/trdeploy.yaml); do not edit.
+# Rendered by trdeploy from a DeploymentProfile (sha256 c15f372c7181, /opt/trdeploy/trdeploy.yaml); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given after the image name
 # (docker run, a pod's args) are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is never
 # baked into the image and never put on the command line (where `ps` would show it).
 set -eu
-PROFILE_SHA256=dbaede72fcb18c74c916e0e9df0af4023f5fb645949ec984eadd8b9bb4c02234
+PROFILE_SHA256=c15f372c718182db739c30e33e0988b2cfab8098e97bd5f18c7fd412346d7631
 if [ -n "${TRDEPLOY_EXPECT_PROFILE_SHA256:-}" ] && [ "${TRDEPLOY_EXPECT_PROFILE_SHA256}" != "$PROFILE_SHA256" ]; then
   echo "trdeploy: this image was built from profile sha256 $PROFILE_SHA256, but TRDEPLOY_EXPECT_PROFILE_SHA256 asks for ${TRDEPLOY_EXPECT_PROFILE_SHA256}: build the image from the same profile the manifests were rendered from." >&2
   exit 64

@@ -7,7 +7,8 @@
 #
 #   bash D/calibrate_gpu.sh part          # copy D/part.* to /tmp/parts; the first call also starts writing the checkpoints
 #   bash D/calibrate_gpu.sh install       # install vLLM into /tmp/site, start it with the bf16 profile's arguments, wait for /health
-#   bash D/calibrate_gpu.sh calibrate M   # trdeploy calibrate (M minutes, datasheet prior) + held-out bench runs -> $OUT
+#   bash D/calibrate_gpu.sh calibrate M   # trdeploy calibrate (M minutes, datasheet prior) -> $OUT
+#   bash D/calibrate_gpu.sh held          # held-out bench runs (and per-request traces) -> $OUT
 #   bash D/calibrate_gpu.sh awq M         # the AWQ checkpoint: restart, KV check, calibrate (M minutes) + held-out -> $OUT
 #
 # The card is treated as unknown: --prior datasheet (the fit starts from, and "before" is, datasheet figures
@@ -64,20 +65,32 @@ install)
 calibrate)
   tier=$(cat /tmp/tier); P=$C/profile-$tier-bf16.yaml; M=${2:-6}
   tr() { python3 -P -m trdeploy "$@"; }
-  tr calibrate --url http://localhost:8000 --profile "$P" -o /tmp/res/calibration-$tier-bf16.yaml --budget-minutes "$M" --prior datasheet 2>&1 | tail -60
-  # Held out: loads the sweep did not run (other concurrencies, 3000 in / 100 out, 128 in / 512 out, another rate).
+  tr calibrate --url http://localhost:8000 --profile "$P" -o /tmp/res/calibration-$tier-bf16.yaml --budget-minutes "$M" --prior datasheet --no-leave-one-out 2>&1 | tail -60
+  pack bf16
+  ;;
+held)
+  # Held out: loads the sweep did not run (other concurrencies, 3000 in / 100 out, 128 in / 512 out, another rate),
+  # every request's timings kept (--requests) next to bench's report.
+  tier=$(cat /tmp/tier); P=$C/profile-$tier-bf16.yaml
+  tr() { python3 -P -m trdeploy "$@"; }
   B="tr bench --url http://localhost:8000 --api completions --ignore-eos --json"
-  $B --synthetic 1024 --output-tokens 256 --sweep concurrency=8,32,48 -n 96 -o /tmp/res/held-typical.json > /dev/null
-  $B --synthetic 3000 --output-tokens 100 -c 8 -n 24 -o /tmp/res/held-3000-100.json > /dev/null
-  $B --synthetic 128 --output-tokens 512 -c 32 -n 64 -o /tmp/res/held-128-512.json > /dev/null
+  $B --synthetic 1024 --output-tokens 256 --sweep concurrency=8,32,48 -n 96 -o /tmp/res/held-typical.json --requests /tmp/res/held-typical.csv > /dev/null
+  $B --synthetic 3000 --output-tokens 100 -c 8 -n 24 -o /tmp/res/held-3000-100.json --requests /tmp/res/held-3000-100.csv > /dev/null
+  $B --synthetic 128 --output-tokens 512 -c 32 -n 64 -o /tmp/res/held-128-512.json --requests /tmp/res/held-128-512.csv > /dev/null
+  $B --synthetic 512 --output-tokens 128 -c 16 -n 48 -o /tmp/res/held-512-128.json --requests /tmp/res/held-512-128.csv > /dev/null
   rate=$(python3 -c "import yaml,sys; c=yaml.safe_load(open(sys.argv[1])); p=[p for r in c['runs'] for p in r['points'] if p['load']['arrivals']=='poisson']; print(round(0.55*p[0]['load']['request_rate'],3) if p else 2.0)" /tmp/res/calibration-$tier-bf16.yaml)
-  $B --synthetic 1024 --output-tokens 256 --request-rate "$rate" -n $(python3 -c "print(max(40, round($rate*40)))") -o /tmp/res/held-poisson.json > /dev/null
+  $B --synthetic 1024 --output-tokens 256 --request-rate "$rate" -n $(python3 -c "print(max(40, round($rate*40)))") -o /tmp/res/held-poisson.json --requests /tmp/res/held-poisson.csv > /dev/null
   # The same prompts again (--prompt-salt): vLLM's prefix cache serves them, bench flags it.
   salt=$(python3 -c "import json; print(json.load(open('/tmp/res/held-3000-100.json'))['prompts']['salt'])")
   $B --synthetic 3000 --output-tokens 100 -c 8 -n 24 --prompt-salt "$salt" -o /tmp/res/repeat-3000-100.json > /dev/null
   tr calibrate --check /tmp/res/calibration-$tier-bf16.yaml --from-bench /tmp/res/held-*.json --profile "$P" --json > /tmp/res/check-$tier-bf16.json
   tr calibrate --check /tmp/res/calibration-$tier-bf16.yaml --from-bench /tmp/res/held-*.json --profile "$P" 2>&1 | tail -20
   python3 -c "import json; r=json.load(open('/tmp/res/repeat-3000-100.json'))['runs'][0]['server_metrics']['prefix_cache']; f=json.load(open('/tmp/res/held-3000-100.json'))['runs'][0]['server_metrics']['prefix_cache']; print('prefix cache: first', f, 'repeat', r)"
+  # Per-request traces of two loads the sweep also ran (for the record, not held out): a closed loop at the
+  # profile's concurrency and 4 clients of short prompts.
+  c=$(python3 -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['engine_args']['max_num_seqs'])" "$P")
+  $B --synthetic 1024 --output-tokens 256 -c "$c" -n $(( 3 * c )) -o /tmp/res/diag-typical-c$c.json --requests /tmp/res/diag-typical-c$c.csv > /dev/null
+  $B --synthetic 256 --output-tokens 384 -c 4 -n 16 -o /tmp/res/diag-256-384-c4.json --requests /tmp/res/diag-256-384-c4.csv > /dev/null
   pack bf16
   ;;
 awq)

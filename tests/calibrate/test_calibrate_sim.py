@@ -67,7 +67,7 @@ def sim(tmp_path_factory):
 @pytest.fixture(scope="module")
 def calibration(sim):
     out = sim["root"] / "calibration.yaml"
-    proc = run_cli("calibrate", "--url", sim["url"], "--profile", str(sim["profile"]), "-o", str(out), "--budget-minutes", "0.75",
+    proc = run_cli("calibrate", "--url", sim["url"], "--profile", str(sim["profile"]), "-o", str(out), "--budget-minutes", "0.8",
                    "--prior", "datasheet", "--json", env={"OPENAI_API_KEY": KEY})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[1/" in proc.stderr and "fitting" in proc.stderr  # progress on stderr
@@ -86,6 +86,10 @@ def test_calibrate_measures_the_planned_sweep(calibration, sim):
     assert len(shapes) >= 3  # prefill and decode costs separate
     assert {p.load.concurrency for p in points if (p.prompt_tokens, p.output_tokens) == (256, 32) and p.load.arrivals == "closed"} >= {1, 32}
     assert all(p.prefix_cache_hit_rate == 0 for p in points)  # new prompts at every point
+    # The double's queue and prefill timers (as vLLM's): every point records them and is fitted with the mean TTFT
+    # spent outside the engine they give.
+    assert all(p.timings is not None and p.timings.prefill_mean_ms > 0 and p.measured.ttft_outside_engine_mean_ms for p in points)
+    assert all("ttft_outside_engine_mean_ms" in p.error_after for p in points)
     assert run.server.num_gpu_blocks == sim["blocks"] and run.server.block_size == 16
     assert cal.sweep["seconds"] < 60 and cal.gpu.tier == "l4" and cal.prior == "datasheet"
 
@@ -120,13 +124,33 @@ def _bench(sim, out: Path, *args: str) -> dict:
     return report
 
 
+def _check_requests_csv(path: Path, report: dict, *, n: int, output_tokens: int, prompt_tokens: int) -> None:
+    """bench --requests: one row per request, whose TTFTs and latencies give the report's statistics."""
+    import csv
+
+    import numpy as np
+
+    rows = list(csv.DictReader(path.open()))
+    run = report["runs"][0]
+    assert len(rows) == n and {r["run"] for r in rows} == {run["label"]}
+    assert sorted(int(r["index"]) for r in rows) == list(range(n))
+    assert all(r["status"] == "0" and int(r["output_tokens"]) == output_tokens and int(r["prompt_tokens"]) == prompt_tokens for r in rows)
+    ttft = np.array([float(r["ttft_s"]) for r in rows]) * 1000
+    e2e = np.array([float(r["latency_s"]) for r in rows]) * 1000
+    assert float(np.median(ttft)) == pytest.approx(run["median_ttft_ms"], rel=1e-4)
+    assert float(np.percentile(e2e, 95)) == pytest.approx(run["p95_e2el_ms"], rel=1e-4)
+    starts = np.array([float(r["start_s"]) for r in rows])
+    assert starts.min() >= 0 and starts.max() == pytest.approx(run["last_sent_s"], abs=1e-3)
+
+
 def test_held_out_loads_within_the_targets(calibration, sim):
     """Loads calibrate never ran (other shapes, other concurrencies, another rate), measured with bench."""
     cal, _ = calibration
     root = sim["root"]
     _bench(sim, root / "h0.json", "--synthetic", "512", "--output-tokens", "24", "-c", "2", "-n", "8")
     _bench(sim, root / "h1.json", "--synthetic", "512", "--output-tokens", "24", "-c", "12", "-n", "24")
-    _bench(sim, root / "h2.json", "--synthetic", "128", "--output-tokens", "48", "-c", "24", "-n", "48")
+    h2 = _bench(sim, root / "h2.json", "--synthetic", "128", "--output-tokens", "48", "-c", "24", "-n", "48", "--requests", str(root / "h2.csv"))
+    _check_requests_csv(root / "h2.csv", h2, n=48, output_tokens=48, prompt_tokens=128)
     _bench(sim, root / "h3.json", "--synthetic", "256", "--output-tokens", "32", "--request-rate", "12", "-n", "72")
     proc = run_cli("calibrate", "--check", str(root / "calibration.yaml"), "--from-bench", *(str(root / f"h{k}.json") for k in range(4)),
                    "--profile", str(sim["profile"]), "--json")  # fmt: skip

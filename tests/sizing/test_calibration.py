@@ -33,7 +33,7 @@ def _load_make_calibrations():
 
 def _flat_step(**kw) -> StepModel:
     base = {"weight_ms": 10.0, "gemm_ms_per_token": 0.01, "decode_gemm_ms_per_token": 0.01, "attn_ms_per_token_ctx": 0.0, "kv_ms_per_token": 0.0,
-                "step_overhead_ms": 0.0, "per_sequence_ms": 0.0, "request_overhead_ms": 0.0, "frontend_request_ms": 0.0, "frontend_token_ms": 0.0,
+                "step_overhead_ms": 0.0, "per_sequence_ms": 0.0, "request_overhead_ms": 0.0, "frontend_request_ms": 0.0, "frontend_token_ms": 0.0, "request_jitter_ms": 0.0,
                 "allreduce_fixed_ms": 0.0, "allreduce_ms_per_token": 0.0}  # fmt: skip
     return StepModel(**{**base, **kw})
 
@@ -70,6 +70,50 @@ def test_a_full_kv_cache_preempts_and_still_finishes():
     assert np.isfinite(tight.e2e_ms).all() and tight.duration_ms > roomy.duration_ms
     with pytest.raises(ValueError, match="does not fit the KV cache"):
         simulate(step, Engine(16, 2048, kv_capacity_tokens=64), Mix(100, 10), Load.closed(1, 1))
+
+
+def test_a_random_overhead_spreads_a_lone_clients_ttft():
+    """request_jitter_ms: exponential, stratified, fixed by the seed; without it one client's TTFT has no spread."""
+    from trdeploy.sizing.batching import jitter_quantiles
+
+    q = jitter_quantiles(400, seed=3)
+    assert q.mean() == pytest.approx(1.0, rel=0.02) and np.median(q) == pytest.approx(math.log(2), rel=0.02)
+    assert np.array_equal(q, jitter_quantiles(400, seed=3)) and not np.array_equal(q, jitter_quantiles(400, seed=4))
+    assert np.array_equal(np.sort(q), np.sort(jitter_quantiles(400, seed=4)))  # the same draws, in another order
+    flat = simulate(_flat_step(request_overhead_ms=5.0), Engine(8, 512), Mix(100, 10), Load.closed(1, 40))
+    spread = simulate(_flat_step(request_overhead_ms=5.0, request_jitter_ms=4.0), Engine(8, 512), Mix(100, 10), Load.closed(1, 40))
+    assert np.ptp(flat.ttft_ms) == pytest.approx(0.0, abs=1e-9)
+    assert np.mean(spread.ttft_ms - flat.ttft_ms) == pytest.approx(4.0, rel=0.05)
+    assert np.percentile(spread.ttft_ms, 95) - np.percentile(spread.ttft_ms, 50) > 6.0  # 4 x (ln 20 - ln 2) = 9.2 ms
+
+
+def test_the_engine_part_of_ttft_is_what_vllms_queue_and_prefill_timers_count():
+    # A lone request: 5 ms before the API server, 2 ms of its serial work, then one 10 ms prefill step.
+    sim = simulate(_flat_step(request_overhead_ms=5.0, frontend_request_ms=2.0), Engine(8, 512), Mix(100, 10), Load.closed(1, 3))
+    assert np.allclose(sim.engine_ttft_ms, 10.0) and np.allclose(sim.ttft_ms, 17.0)
+    # Arriving while a step runs, a request waits for its end outside the engine's timers (vLLM's engine core takes
+    # requests in between steps): 8 clients of 300-token prompts, 512-token steps of 51.2 ms.
+    step = _flat_step(weight_ms=1.0, gemm_ms_per_token=0.1, request_overhead_ms=3.0)
+    from trdeploy.sizing.latency import predict_latency
+
+    pred = predict_latency(step, Engine(8, 512), Mix(300, 5), Load.poisson(30.0, 60, seed=1))
+    assert pred.engine_ttft_mean_ms < pred.ttft_mean_ms and pred.ttft_outside_engine_mean_ms >= 3.0
+    assert pred.metric("ttft_outside_engine_mean_ms") == pytest.approx(pred.ttft_mean_ms - pred.engine_ttft_mean_ms)
+
+
+def test_timings_come_from_benchs_report_and_give_the_outside_engine_figure():
+    from trdeploy.sizing.calibration import Measured, Timings
+
+    run = {"median_ttft_ms": 50.0, "p95_ttft_ms": 60.0, "mean_ttft_ms": 52.0, "mean_e2el_ms": 900.0,
+           "server_metrics": {"mean_ms": {"ttft": 47.0, "queue": 1.5, "prefill": 38.5, "e2el": 895.0, "decode": 850.0}}}  # fmt: skip
+    t = Timings.from_bench_run(run)
+    assert t.queue_mean_ms == 1.5 and t.ttft_outside_engine_mean_ms == pytest.approx(12.0)
+    assert Measured.from_bench_run(run).ttft_outside_engine_mean_ms == pytest.approx(12.0)
+    # Without vLLM's timers (another server, --no-server-metrics) there is no such figure, and nothing breaks.
+    bare = {"median_ttft_ms": 50.0, "server_metrics": {"available": False}}
+    assert Timings.from_bench_run(bare) is None and Measured.from_bench_run(bare).ttft_outside_engine_mean_ms is None
+    odd = {**run, "server_metrics": {"mean_ms": {"queue": 10.0, "prefill": 50.0}}}  # the timers exceed bench's TTFT
+    assert Timings.from_bench_run(odd).ttft_outside_engine_mean_ms is None
 
 
 def test_the_api_server_paces_streams_when_it_cannot_keep_up():
@@ -187,6 +231,36 @@ def test_the_fit_recovers_known_parameters_from_simulated_points():
     # The API server keeps up at these loads, so its per-token cost barely shows: the prior keeps it.
     for n in ("step_overhead_ms", "kv_read_eff", "gemm_eff", "request_overhead_ms"):
         assert getattr(res.params, n) == pytest.approx(getattr(truth, n), rel=0.1), n
+
+
+def test_the_simplex_polish_never_ends_above_where_it_starts_and_finds_a_lower_valley():
+    """The fit's Nelder-Mead polish: from a Levenberg-Marquardt result stopped early (2 iterations), a lower cost on
+    the same residuals; from an optimum, no worse."""
+    from trdeploy.sizing.fit import Observation, polish
+    from trdeploy.sizing.latency import predict_latency
+
+    arch, tier = PRESETS["llama-3-8b"], resolve("h100")
+    kv = predict_kv_cache(arch, tier.gpu, max_model_len=8192, max_num_seqs=64, max_num_batched_tokens=8192)
+    truth = PRIOR.with_values(step_overhead_ms=2.5, gemm_eff=0.35, request_overhead_ms=25.0, request_jitter_ms=6.0)
+
+    def make(p: LatencyParams):
+        return step_model(arch, tier.gpu, tp=1, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization="none", params=p)
+
+    eng = Engine(64, 8192, kv.num_blocks * 16)
+    obs = []
+    for mix, c in [(Mix(1024, 128), 1), (Mix(1024, 128), 16), (Mix(2048, 64), 8), (Mix(256, 256), 32)]:
+        pred = predict_latency(make(truth), eng, mix, Load.closed(c, 3 * c))
+        measured = {m: pred.metric(m) for m in ("ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms", "e2e_p95_ms", "output_throughput", "ttft_outside_engine_mean_ms")}
+        obs.append(Observation(id=f"c{c}", mix=mix, load=Load.closed(c, 3 * c), engine=eng, measured=measured, make_step=make))
+    names = ["step_overhead_ms", "gemm_eff", "request_overhead_ms", "request_jitter_ms"]
+    early = fit(PRIOR, names, obs, prior=PRIOR, max_iterations=2)
+    polished = polish(early, obs, prior=PRIOR, max_evaluations=300)
+    assert polished.cost < early.cost and polished.fitted == early.fitted
+    again = polish(polished, obs, prior=PRIOR, max_evaluations=60)
+    assert again.cost <= polished.cost
+    full = fit_multistart(PRIOR, names, obs, prior=PRIOR)
+    assert full.rms_log_error < 0.03
+    assert full.params.request_overhead_ms == pytest.approx(25.0, rel=0.15) and full.params.request_jitter_ms == pytest.approx(6.0, rel=0.3)
 
 
 # --- Shipped calibrations ------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class RunOutcome:
 
     report: dict[str, Any]
     samples: dict[str, np.ndarray] = field(default_factory=dict)
+    requests: dict[str, np.ndarray] = field(default_factory=dict)  # per request, unthinned (REQUEST_COLUMNS)
 
 
 def _load_dict(spec: LoadSpec) -> dict[str, Any]:
@@ -163,7 +164,28 @@ async def _run_one(
         "itl": _thin(store.itl.values().astype(np.float64) * 1000),
         "e2el": _thin(lat * 1000),
     }
-    return RunOutcome(report=report, samples=samples)
+    requests = {name: store.column(name).copy() for name in REQUEST_COLUMNS}
+    return RunOutcome(report=report, samples=samples, requests=requests)
+
+
+# Per request, for `bench --requests` (seconds since the run started; ttft and latency from the send).
+REQUEST_COLUMNS = ("start", "queue_time", "ttft", "latency", "output_tokens", "prompt_tokens", "status")
+
+
+def requests_csv(outcomes: list[tuple[str, dict[str, np.ndarray]]]) -> str:
+    """Every request of every run, one CSV row each: run label, index, send time, client queue time, TTFT, end-to-end
+    latency (s), output and prompt tokens, status (0: ok)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["run", "index", "start_s", "queue_time_s", "ttft_s", "latency_s", "output_tokens", "prompt_tokens", "status"])
+    for label, cols in outcomes:
+        n = len(cols["start"]) if cols else 0
+        for i in range(n):
+            w.writerow([label, i, *(f"{float(cols[c][i]):.6f}" for c in ("start", "queue_time", "ttft", "latency")), *(int(cols[c][i]) for c in ("output_tokens", "prompt_tokens", "status"))])
+    return buf.getvalue()
 
 
 async def _warmup(plan: BenchPlan, prompts: PromptSource, stop: asyncio.Event) -> dict[str, Any]:
@@ -182,6 +204,7 @@ async def _warmup(plan: BenchPlan, prompts: PromptSource, stop: asyncio.Event) -
 class BenchResult:
     report: dict[str, Any]
     samples: list[tuple[str, dict[str, np.ndarray]]]
+    requests: list[tuple[str, dict[str, np.ndarray]]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -244,7 +267,7 @@ def run_bench(
     # Credentials in --url (user:password@) are written nowhere: not in the endpoint, not in an error sample.
     report = scrub(report, url_secrets(plan.endpoint.base_url))
     labels = [(o.report["label"], o.samples) for o in outcomes]
-    return BenchResult(report=report, samples=labels)
+    return BenchResult(report=report, samples=labels, requests=[(o.report["label"], o.requests) for o in outcomes])
 
 
 def assemble_report(

@@ -23,7 +23,7 @@ from trdeploy.bench.prompts import SyntheticPrompts
 from trdeploy.bench.scheduler import LoadSpec, run_load
 from trdeploy.bench.transport import Endpoint, Sampling, make_client
 from trdeploy.calibrate.sweep import Sweep, SweepPoint
-from trdeploy.sizing.calibration import Measured, Point, PointLoad
+from trdeploy.sizing.calibration import Measured, Point, PointLoad, Timings
 
 WARMUP_REQUESTS = 4
 WARMUP_OUTPUT_TOKENS = 16
@@ -55,7 +55,7 @@ def _point(sp: SweepPoint, summary: dict[str, Any], server: dict[str, Any] | Non
         why = f"{pc['hit_rate']:.0%} of the prompt tokens came from the prefix cache"
     if why is None and completed < sp.load.num_requests:
         why = f"{completed} of {sp.load.num_requests} requests completed"
-    measured = Measured.from_bench_run(summary)
+    measured = Measured.from_bench_run({**summary, "server_metrics": server or {}})
     load = sp.load
     return Point(
         id=sp.id,
@@ -63,6 +63,7 @@ def _point(sp: SweepPoint, summary: dict[str, Any], server: dict[str, Any] | Non
         output_tokens=sp.mix.output_tokens,
         load=PointLoad(arrivals=load.arrivals, concurrency=load.concurrency, request_rate=load.request_rate, burstiness=load.burstiness, num_requests=load.num_requests, seed=load.seed),
         measured=measured,
+        timings=Timings.from_bench_run({**summary, "server_metrics": server or {}}),
         completed=completed,
         failed=failed,
         duration_s=summary.get("duration"),

@@ -13,7 +13,7 @@ from typing import Any
 
 from trdeploy.errors import TrdeployError
 from trdeploy.inputs import loads_json
-from trdeploy.sizing.calibration import Measured, Point, PointLoad, ServerFacts
+from trdeploy.sizing.calibration import Measured, Point, PointLoad, ServerFacts, Timings
 
 
 def read_report(path: Path) -> dict[str, Any]:
@@ -81,6 +81,7 @@ def _point(run: dict[str, Any], k: int, source: str, *, fixed: bool, max_tokens:
         output_tokens=max(1, output),
         load=pl,
         measured=Measured.from_bench_run(run),
+        timings=Timings.from_bench_run(run),
         completed=completed,
         failed=failed,
         duration_s=run.get("duration"),

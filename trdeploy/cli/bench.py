@@ -95,20 +95,24 @@ def bench(
     seed: Annotated[int, opt(R, "seed")] = default(R, "seed"),
     prompt_salt: Annotated[int | None, opt(R, "prompt_salt")] = default(R, "prompt_salt"),
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of the TTFT/TPOT/ITL/E2E distributions (needs matplotlib).")] = None,
+    requests_out: Annotated[
+        Path | None, typer.Option("--requests", help="Write every request as a CSV row: run, send time, TTFT, end-to-end latency, tokens, status.")
+    ] = None,
     output: OutputOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     from trdeploy.bench.plan import plan_bench
     from trdeploy.bench.plot import plot_png
-    from trdeploy.bench.run import load_label, run_bench
+    from trdeploy.bench.run import load_label, requests_csv, run_bench
 
-    for path in (output, plot):
+    for path in (output, plot, requests_out):
         if path is not None:
             ensure_writable(path, force=force)
     inputs = {"--prompts": prompts if Path(prompts).is_file() else None, "--profile": profile, "--dataset": dataset}
-    refuse_input_as_output(output, {**inputs, "--plot": plot})
-    refuse_input_as_output(plot, inputs)
+    refuse_input_as_output(output, {**inputs, "--plot": plot, "--requests": requests_out})
+    refuse_input_as_output(plot, {**inputs, "--requests": requests_out})
+    refuse_input_as_output(requests_out, inputs)
     if plot is not None and plot.suffix.lower() != ".png":
         raise TrdeployError(f"--plot {plot} should end in .png.", hint="E.g. --plot bench.png.")
     if plot is not None and importlib.util.find_spec("matplotlib") is None:  # fail before the run, not after
@@ -152,6 +156,8 @@ def bench(
             )
     if output is not None:
         write_atomic(output, to_json(report) + "\n", force=True)
+    if requests_out is not None:
+        write_atomic(requests_out, requests_csv(result.requests), force=True)
     if plot is not None:
         ep = report["endpoint"]
         write_atomic(plot, plot_png(result.samples, f"trdeploy bench: {ep['model']} at {ep['url']} ({ep['api']})"), force=True)

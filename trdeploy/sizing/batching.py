@@ -12,7 +12,9 @@ tokens recomputed later). The time of a step comes from the step law (trdeploy.s
 Between the clients and the engine sits the API server, one process that handles every new request
 (parsing, tokenizing: `frontend_request_ms`) and every streamed token (detokenizing, the SSE chunk:
 `frontend_token_ms`), first come, first served; a request also spends `request_overhead_ms` outside the
-engine in parallel with others (HTTP, hand-offs between processes). While the API server keeps up, it adds a
+engine in parallel with others (HTTP, hand-offs between processes), and a random extra of mean
+`request_jitter_ms` (exponential; the n requests of a simulation draw its n quantiles in an order fixed by
+the seed, so a prediction is deterministic and moves smoothly with the parameter). While the API server keeps up, it adds a
 few milliseconds. When the engine produces tokens faster than it streams them (many sequences per step), it
 paces every stream and new requests queue behind the backlog: measured on an H200 serving Llama-3-8B,
 TPOT grew as 0.085-0.096 ms x concurrency from 128 to 1,024 requests in flight, output throughput stopped
@@ -106,6 +108,7 @@ class Simulated:
     ttft_ms: np.ndarray
     e2e_ms: np.ndarray
     output_tokens: int
+    engine_ttft_ms: np.ndarray  # from the engine taking the request in (a step boundary) to its first token: vLLM's queue + prefill
     duration_ms: float  # from the start (the first send of a closed loop) to the last response
     steps: int
     preemptions: int
@@ -140,10 +143,13 @@ class _Sim:
         self.latency_in = step.request_overhead_ms  # a request's time outside the engine, in parallel with others
         self.req_cost = step.frontend_request_ms  # API server work per new request
         self.tok_cost = step.frontend_token_ms  # API server work per streamed token
+        self.jitter = jitter_quantiles(n, load.seed) * float(step.request_jitter_ms)
 
         self.sent = np.full(n, np.nan)
         self.first = np.full(n, np.nan)
         self.end = np.full(n, np.nan)
+        self.queued = np.full(n, np.nan)  # when the engine took it in (the step boundary after it arrived)
+        self.eng_first = np.full(n, np.nan)  # the end of the step that made its first token
         self.rem = [0] * n  # prompt (or recompute) tokens still to process
         self.done = [0] * n  # tokens in the KV cache while prefilling; at decode start, its context
         self.emitted = [0] * n  # output tokens produced so far
@@ -210,7 +216,7 @@ class _Sim:
         while self.sends and self.sends[0][0] <= until:
             when, i = heapq.heappop(self.sends)
             self.front = max(self.front, when) + self.req_cost
-            heapq.heappush(self.pending, (self.front + self.latency_in, i))
+            heapq.heappush(self.pending, (self.front + self.latency_in + self.jitter[i], i))
 
     def deliver(self, i: int, first: bool, last: bool) -> None:
         """Request i's token of the step just ended reaches the client when the API server has streamed it."""
@@ -234,6 +240,7 @@ class _Sim:
     def take_arrivals(self) -> None:
         while self.pending and self.pending[0][0] <= self.t:
             _, i = heapq.heappop(self.pending)
+            self.queued[i] = self.t
             self.rem[i] = self.prompt - self.cached
             self.done[i] = self.cached
             self.waiting.append(i)
@@ -389,6 +396,8 @@ class _Sim:
 
     def prefill_complete(self, i: int) -> None:
         """Request i's prompt is in the KV cache at the end of this step: a token is out; it decodes the rest."""
+        if np.isnan(self.eng_first[i]):
+            self.eng_first[i] = self.t
         self.emitted[i] += 1
         if self.emitted[i] >= self.out:
             self.release(i, self.done[i])
@@ -425,11 +434,20 @@ class _Sim:
             ttft_ms=self.first - self.sent,
             e2e_ms=self.end - self.sent,
             output_tokens=self.out,
+            engine_ttft_ms=self.eng_first - self.queued,
             duration_ms=float(np.nanmax(self.end)) if self.finished else 0.0,
             steps=self.step_idx,
             preemptions=self.preemptions,
             mean_running=self.busy / self.t if self.t > 0 else 0.0,
         )
+
+
+def jitter_quantiles(n: int, seed: int = 0) -> np.ndarray:
+    """n draws of an exponential distribution of mean 1, stratified (its quantiles at (k + 1/2) / n) and put in
+    an order fixed by the seed: the sample's spread is the distribution's at any n, and the same n and seed
+    give the same draws."""
+    q = (np.arange(n) + 0.5) / n
+    return np.random.default_rng(0x5EED + int(seed)).permutation(-np.log1p(-q))
 
 
 def _steps_until(gap: float, base: float, slope: float) -> int:

@@ -75,6 +75,47 @@ class PointLoad(_Strict):
         return f"{self.request_rate:g}/s" + (f" c<={self.concurrency}" if self.concurrency else "")
 
 
+class Timings(_Strict):
+    """Means over a point's requests (ms): bench's own (client) and vLLM's histograms (server: from the request's
+    arrival in the API server; queue and prefill are the engine's). The fit uses one figure made from them
+    (Measured.ttft_outside_engine_mean_ms); the rest are kept for the record."""
+
+    client_ttft_mean_ms: float | None = Field(None, ge=0)
+    client_e2e_mean_ms: float | None = Field(None, ge=0)
+    server_ttft_mean_ms: float | None = Field(None, ge=0)
+    server_e2e_mean_ms: float | None = Field(None, ge=0)
+    queue_mean_ms: float | None = Field(None, ge=0)
+    prefill_mean_ms: float | None = Field(None, ge=0)
+    decode_mean_ms: float | None = Field(None, ge=0)
+
+    @classmethod
+    def from_bench_run(cls, run: dict[str, Any]) -> Timings | None:
+        server = (run.get("server_metrics") or {}).get("mean_ms") or {}
+
+        def num(v: Any) -> float | None:
+            return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 else None
+
+        t = cls(
+            client_ttft_mean_ms=num(run.get("mean_ttft_ms")),
+            client_e2e_mean_ms=num(run.get("mean_e2el_ms")),
+            server_ttft_mean_ms=num(server.get("ttft")),
+            server_e2e_mean_ms=num(server.get("e2el")),
+            queue_mean_ms=num(server.get("queue")),
+            prefill_mean_ms=num(server.get("prefill")),
+            decode_mean_ms=num(server.get("decode")),
+        )
+        return t if any(v is not None for v in t.model_dump().values()) else None
+
+    @property
+    def ttft_outside_engine_mean_ms(self) -> float | None:
+        """bench's mean TTFT less vLLM's mean queue + prefill time, when both are there and it is positive."""
+        parts = (self.client_ttft_mean_ms, self.queue_mean_ms, self.prefill_mean_ms)
+        if any(v is None for v in parts):
+            return None
+        value = parts[0] - parts[1] - parts[2]  # type: ignore[operator]
+        return value if value > 0 else None
+
+
 class Measured(_Strict):
     """What bench measured (ms; output tokens per second)."""
 
@@ -83,19 +124,23 @@ class Measured(_Strict):
     tpot_p50_ms: float | None = Field(None, gt=0)
     e2e_p95_ms: float | None = Field(None, gt=0)
     output_throughput: float | None = Field(None, gt=0)
+    # bench's mean TTFT less vLLM's mean queue + prefill time (from /metrics; trdeploy.sizing.fit.METRIC_WEIGHTS)
+    ttft_outside_engine_mean_ms: float | None = Field(None, gt=0)
 
     def values(self) -> dict[str, float]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
     @classmethod
     def from_bench_run(cls, run: dict[str, Any]) -> Measured:
-        """From one run of a bench report (or bench's summary of a point: the same keys)."""
+        """From one run of a bench report (or bench's summary of a point with its server_metrics: the same keys)."""
+        timings = Timings.from_bench_run(run)
         return cls(
             ttft_p50_ms=run.get("median_ttft_ms") or None,
             ttft_p95_ms=run.get("p95_ttft_ms") or None,
             tpot_p50_ms=run.get("median_tpot_ms") or None,
             e2e_p95_ms=run.get("p95_e2el_ms") or None,
             output_throughput=run.get("output_throughput") or None,
+            ttft_outside_engine_mean_ms=timings.ttft_outside_engine_mean_ms if timings else None,
         )
 
 
@@ -106,6 +151,7 @@ class Point(_Strict):
     cached_prompt_tokens: int = Field(0, ge=0)  # per request, served from the prefix cache (deliberately)
     load: PointLoad
     measured: Measured
+    timings: Timings | None = None
     completed: int | None = Field(None, ge=0)
     failed: int = Field(0, ge=0)
     duration_s: float | None = Field(None, ge=0)
@@ -222,7 +268,10 @@ class Calibration(_Strict):
         names = set(LatencyParams.names())
         if set(value) != names:
             missing, extra = sorted(names - set(value)), sorted(set(value) - names)
-            raise ValueError(f"latency must hold exactly the model's parameters (missing {missing}, unknown {extra})")
+            raise ValueError(
+                f"latency must hold exactly the model's parameters (missing {missing}, unknown {extra}): a calibration made by another "
+                "version of trdeploy's latency model; make it again with this one (trdeploy calibrate, or --from-bench on its bench reports)"
+            )
         if any(not (math.isfinite(v) and v > 0) for v in value.values()):
             raise ValueError("latency parameters must be positive numbers")
         return value
@@ -343,7 +392,7 @@ def observations(runs: Sequence[Run], tier: str, *, fitted: bool | None = True) 
 
 def fittable(runs: Sequence[Run]) -> list[str]:
     """The parameters the runs' fitted points can inform."""
-    names = ["step_overhead_ms", "per_sequence_ms", "kv_read_eff", "request_overhead_ms", "frontend_request_ms", "frontend_token_ms"]
+    names = ["step_overhead_ms", "per_sequence_ms", "kv_read_eff", "request_overhead_ms", "frontend_request_ms", "frontend_token_ms", "request_jitter_ms"]
     for run in runs:
         if not any(p.fit for p in run.points):
             continue
