@@ -46,6 +46,9 @@ Exit code: 0 pass, 1 SLA failed, 2 bad input, 130 interrupted (Ctrl-C prints the
   # Sweep concurrency, plot the distributions
   trdeploy bench --sweep concurrency=1,4,16,64 -n 100 --plot bench.png
 
+  # Every request's send time, TTFT and latency as CSV rows (next to the report)
+  trdeploy bench -c 32 -n 96 -o bench.json --requests requests.csv
+
   # Your own prompts: one per line (.txt) or JSONL with "prompt" / "messages"
   trdeploy bench --prompts prompts.jsonl --api chat
 
