@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import signal
 import time
 from collections.abc import Callable
@@ -175,9 +177,6 @@ REQUEST_COLUMNS = ("start", "queue_time", "ttft", "latency", "output_tokens", "p
 def requests_csv(outcomes: list[tuple[str, dict[str, np.ndarray]]]) -> str:
     """Every request of every run, one CSV row each: run label, index, send time, client queue time, TTFT, end-to-end
     latency (s), output and prompt tokens, status (0: ok)."""
-    import csv
-    import io
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["run", "index", "start_s", "queue_time_s", "ttft_s", "latency_s", "output_tokens", "prompt_tokens", "status"])

@@ -55,7 +55,9 @@ def _point(sp: SweepPoint, summary: dict[str, Any], server: dict[str, Any] | Non
         why = f"{pc['hit_rate']:.0%} of the prompt tokens came from the prefix cache"
     if why is None and completed < sp.load.num_requests:
         why = f"{completed} of {sp.load.num_requests} requests completed"
-    measured = Measured.from_bench_run({**summary, "server_metrics": server or {}})
+    run = {**summary, "server_metrics": server or {}}
+    timings = Timings.from_bench_run(run)
+    measured = Measured.from_bench_run(run, timings)
     load = sp.load
     return Point(
         id=sp.id,
@@ -63,7 +65,7 @@ def _point(sp: SweepPoint, summary: dict[str, Any], server: dict[str, Any] | Non
         output_tokens=sp.mix.output_tokens,
         load=PointLoad(arrivals=load.arrivals, concurrency=load.concurrency, request_rate=load.request_rate, burstiness=load.burstiness, num_requests=load.num_requests, seed=load.seed),
         measured=measured,
-        timings=Timings.from_bench_run({**summary, "server_metrics": server or {}}),
+        timings=timings,
         completed=completed,
         failed=failed,
         duration_s=summary.get("duration"),

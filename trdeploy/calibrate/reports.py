@@ -75,13 +75,14 @@ def _point(run: dict[str, Any], k: int, source: str, *, fixed: bool, max_tokens:
         why = f"{failed} requests failed"
     elif pc.get("flagged"):
         why = f"{pc['hit_rate']:.0%} of the prompt tokens came from the prefix cache"
+    timings = Timings.from_bench_run(run)
     return Point(
         id=f"{Path(source).stem}-{k}-{pl.label().replace('/', 'per').replace(' ', '')}",
         prompt_tokens=max(1, prompt),
         output_tokens=max(1, output),
         load=pl,
-        measured=Measured.from_bench_run(run),
-        timings=Timings.from_bench_run(run),
+        measured=Measured.from_bench_run(run, timings),
+        timings=timings,
         completed=completed,
         failed=failed,
         duration_s=run.get("duration"),

@@ -131,9 +131,10 @@ class Measured(_Strict):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
     @classmethod
-    def from_bench_run(cls, run: dict[str, Any]) -> Measured:
-        """From one run of a bench report (or bench's summary of a point with its server_metrics: the same keys)."""
-        timings = Timings.from_bench_run(run)
+    def from_bench_run(cls, run: dict[str, Any], timings: Timings | None = None) -> Measured:
+        """From one run of a bench report (or bench's summary of a point with its server_metrics: the same keys);
+        `timings`: the run's, when the caller has them already."""
+        timings = timings or Timings.from_bench_run(run)
         return cls(
             ttft_p50_ms=run.get("median_ttft_ms") or None,
             ttft_p95_ms=run.get("p95_ttft_ms") or None,
