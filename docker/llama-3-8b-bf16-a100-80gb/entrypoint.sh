@@ -1,11 +1,11 @@
 #!/bin/sh
-# Rendered by trdeploy from a DeploymentProfile (sha256 35a2735a0123, /opt/trdeploy/trdeploy.yaml); do not edit.
+# Rendered by trdeploy from a DeploymentProfile (sha256 e2a18f7ccb5e, /opt/trdeploy/trdeploy.yaml); do not edit.
 # Runs `vllm serve` with exactly the profile's engine arguments. Arguments given after the image name
 # (docker run, a pod's args) are appended, and vLLM takes the last value of a repeated flag, so they override.
 # The API key is read from VLLM_API_KEY (or the file VLLM_API_KEY_FILE names) at run time; it is never
 # baked into the image and never put on the command line (where `ps` would show it).
 set -eu
-PROFILE_SHA256=35a2735a012366f7bfe962cd2fd9d31a83d5972ef37ab4652b7d1c8223c9c30b
+PROFILE_SHA256=e2a18f7ccb5e07b89be9f670a749f4d61e0d438f0926b7b3509fea8a7745b4b2
 if [ -n "${TRDEPLOY_EXPECT_PROFILE_SHA256:-}" ] && [ "${TRDEPLOY_EXPECT_PROFILE_SHA256}" != "$PROFILE_SHA256" ]; then
   echo "trdeploy: this image was built from profile sha256 $PROFILE_SHA256, but TRDEPLOY_EXPECT_PROFILE_SHA256 asks for ${TRDEPLOY_EXPECT_PROFILE_SHA256}: build the image from the same profile the manifests were rendered from." >&2
   exit 64
@@ -36,7 +36,7 @@ exec vllm serve meta-llama/Meta-Llama-3-8B-Instruct \
   --pipeline-parallel-size 1 \
   --dtype auto \
   --max-model-len 8192 \
-  --max-num-seqs 24 \
+  --max-num-seqs 32 \
   --max-num-batched-tokens 2048 \
   --gpu-memory-utilization 0.9 \
   --kv-cache-dtype auto \

@@ -80,6 +80,11 @@ held)
   $B --synthetic 512 --output-tokens 128 -c 16 -n 48 -o /tmp/res/held-512-128.json --requests /tmp/res/held-512-128.csv > /dev/null
   rate=$(python3 -c "import yaml,sys; c=yaml.safe_load(open(sys.argv[1])); p=[p for r in c['runs'] for p in r['points'] if p['load']['arrivals']=='poisson']; print(round(0.55*p[0]['load']['request_rate'],3) if p else 2.0)" /tmp/res/calibration-$tier-bf16.yaml)
   $B --synthetic 1024 --output-tokens 256 --request-rate "$rate" -n $(python3 -c "print(max(40, round($rate*40)))") -o /tmp/res/held-poisson.json --requests /tmp/res/held-poisson.csv > /dev/null
+  # Shapes and rates no earlier session ran: 1536 in / 128 out at c=24, 768 in / 384 out at c=64, a busier rate.
+  $B --synthetic 1536 --output-tokens 128 -c 24 -n 72 -o /tmp/res/held-1536-128.json --requests /tmp/res/held-1536-128.csv > /dev/null
+  $B --synthetic 768 --output-tokens 384 -c 64 -n 128 -o /tmp/res/held-768-384.json --requests /tmp/res/held-768-384.csv > /dev/null
+  rate2=$(python3 -c "print(round($rate / 0.55 * 0.8, 3))")
+  $B --synthetic 1024 --output-tokens 256 --request-rate "$rate2" -n $(python3 -c "print(max(60, round($rate2*20)))") -o /tmp/res/held-poisson-busy.json --requests /tmp/res/held-poisson-busy.csv > /dev/null
   # The same prompts again (--prompt-salt): vLLM's prefix cache serves them, bench flags it.
   salt=$(python3 -c "import json; print(json.load(open('/tmp/res/held-3000-100.json'))['prompts']['salt'])")
   $B --synthetic 3000 --output-tokens 100 -c 8 -n 24 --prompt-salt "$salt" -o /tmp/res/repeat-3000-100.json > /dev/null
@@ -103,8 +108,9 @@ awq)
   tr() { python3 -P -m trdeploy "$@"; }
   tr calibrate --url http://localhost:8000 --profile "$P" -o /tmp/res/calibration-$tier-awq.yaml --budget-minutes "$M" --prior datasheet --no-leave-one-out 2>&1 | tail -30
   B="tr bench --url http://localhost:8000 --api completions --ignore-eos --json"
-  $B --synthetic 1024 --output-tokens 256 -c 32 -n 64 -o /tmp/res/held-awq-typical.json > /dev/null
+  $B --synthetic 1024 --output-tokens 256 -c 32 -n 64 -o /tmp/res/held-awq-typical.json --requests /tmp/res/held-awq-typical.csv > /dev/null
   $B --synthetic 3000 --output-tokens 100 -c 8 -n 16 -o /tmp/res/held-awq-3000-100.json > /dev/null
+  $B --synthetic 512 --output-tokens 128 -c 16 -n 48 -o /tmp/res/held-awq-512-128.json > /dev/null
   tr calibrate --check /tmp/res/calibration-$tier-awq.yaml --from-bench /tmp/res/held-awq-*.json --profile "$P" --json > /tmp/res/check-$tier-awq.json
   tr calibrate --check /tmp/res/calibration-$tier-bf16.yaml --from-bench /tmp/res/held-awq-*.json --profile "$P" --json > /tmp/res/check-$tier-awq-with-bf16-memory.json 2>&1
   tail -c 600 /tmp/res/check-$tier-awq.json

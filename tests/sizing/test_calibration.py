@@ -124,6 +124,20 @@ def test_the_api_server_paces_streams_when_it_cannot_keep_up():
     assert np.median(slow.tpot_ms) == pytest.approx(64 * 0.3, rel=0.05)
 
 
+def test_the_next_wave_waits_behind_the_api_servers_finish_work():
+    # 4 clients, 10 ms steps: all four prompts go in one step and end together at 100 ms. The API server then
+    # spends 3 ms on each finished request before it takes the next wave, which reaches the engine at 112 ms.
+    plain = simulate(_flat_step(), Engine(8, 512), Mix(100, 10), Load.closed(4, 8))
+    slow = simulate(_flat_step(frontend_finish_ms=3.0), Engine(8, 512), Mix(100, 10), Load.closed(4, 8))
+    assert np.allclose(plain.ttft_ms, 10.0) and np.allclose(plain.e2e_ms, 100.0)
+    assert np.allclose(slow.ttft_ms[:4], 10.0) and np.allclose(slow.e2e_ms[:4], 100.0)  # its own last token is not delayed
+    assert np.allclose(slow.sent_ms[4:], 100.0) and np.allclose(slow.ttft_ms[4:], 22.0) and np.allclose(slow.e2e_ms[4:], 112.0)
+    assert np.allclose(slow.engine_ttft_ms[4:], 10.0)  # the wait is outside vLLM's engine timers
+    # One client: the finish work of its own last request delays its next one by the same 3 ms.
+    one = simulate(_flat_step(frontend_finish_ms=3.0), Engine(8, 512), Mix(100, 10), Load.closed(1, 2))
+    assert one.ttft_ms[1] == pytest.approx(13.0)
+
+
 def test_rate_driven_arrivals_follow_benchs_schedule():
     sim = simulate(_flat_step(weight_ms=1.0), Engine(64, 4096), Mix(50, 5), Load.poisson(20.0, 50, seed=3))
     assert np.allclose(sim.sent_ms, arrival_schedule(20.0, 1.0, 50, 3) * 1000)
@@ -241,7 +255,11 @@ def test_the_simplex_polish_never_ends_above_where_it_starts_and_finds_a_lower_v
 
     arch, tier = PRESETS["llama-3-8b"], resolve("h100")
     kv = predict_kv_cache(arch, tier.gpu, max_model_len=8192, max_num_seqs=64, max_num_batched_tokens=8192)
-    truth = PRIOR.with_values(step_overhead_ms=2.5, gemm_eff=0.35, request_overhead_ms=25.0, request_jitter_ms=6.0)
+    # Without the API server's finish cost: with PRIOR's 1 ms in the law and the fit alike, the fit from PRIOR stops
+    # in another valley of the overhead/jitter split (rms 3.6%, overhead 21.7 ms, jitter 8.7 ms): a limit of the
+    # optimiser the note reports, not what this test is about.
+    start = PRIOR.with_values(frontend_finish_ms=0.0)
+    truth = start.with_values(step_overhead_ms=2.5, gemm_eff=0.35, request_overhead_ms=25.0, request_jitter_ms=6.0)
 
     def make(p: LatencyParams):
         return step_model(arch, tier.gpu, tp=1, weights_parts=kv.weights_parts, kv_bytes_per_token=kv.kv_bytes_per_token, quantization="none", params=p)
@@ -253,12 +271,12 @@ def test_the_simplex_polish_never_ends_above_where_it_starts_and_finds_a_lower_v
         measured = {m: pred.metric(m) for m in ("ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms", "e2e_p95_ms", "output_throughput", "ttft_outside_engine_mean_ms")}
         obs.append(Observation(id=f"c{c}", mix=mix, load=Load.closed(c, 3 * c), engine=eng, measured=measured, make_step=make))
     names = ["step_overhead_ms", "gemm_eff", "request_overhead_ms", "request_jitter_ms"]
-    early = fit(PRIOR, names, obs, prior=PRIOR, max_iterations=2)
-    polished = polish(early, obs, prior=PRIOR, max_evaluations=300)
+    early = fit(start, names, obs, prior=start, max_iterations=2)
+    polished = polish(early, obs, prior=start, max_evaluations=300)
     assert polished.cost < early.cost and polished.fitted == early.fitted
-    again = polish(polished, obs, prior=PRIOR, max_evaluations=60)
+    again = polish(polished, obs, prior=start, max_evaluations=60)
     assert again.cost <= polished.cost
-    full = fit_multistart(PRIOR, names, obs, prior=PRIOR)
+    full = fit_multistart(start, names, obs, prior=start)
     assert full.rms_log_error < 0.03
     assert full.params.request_overhead_ms == pytest.approx(25.0, rel=0.15) and full.params.request_jitter_ms == pytest.approx(6.0, rel=0.3)
 

@@ -10,8 +10,9 @@ needs KV blocks that are not there, the most recently admitted request is preemp
 tokens recomputed later). The time of a step comes from the step law (trdeploy.sizing.latency.StepModel).
 
 Between the clients and the engine sits the API server, one process that handles every new request
-(parsing, tokenizing: `frontend_request_ms`) and every streamed token (detokenizing, the SSE chunk:
-`frontend_token_ms`), first come, first served; a request also spends `request_overhead_ms` outside the
+(parsing, tokenizing: `frontend_request_ms`), every streamed token (detokenizing, the SSE chunk:
+`frontend_token_ms`) and every finished request after its last token (the closing chunks, its stats:
+`frontend_finish_ms`), first come, first served; a request also spends `request_overhead_ms` outside the
 engine in parallel with others (HTTP, hand-offs between processes), and a random extra of mean
 `request_jitter_ms` (exponential; the n requests of a simulation draw its n quantiles in an order fixed by
 the seed, so a prediction is deterministic and moves smoothly with the parameter). While the API server keeps up, it adds a
@@ -143,6 +144,7 @@ class _Sim:
         self.latency_in = step.request_overhead_ms  # a request's time outside the engine, in parallel with others
         self.req_cost = step.frontend_request_ms  # API server work per new request
         self.tok_cost = step.frontend_token_ms  # API server work per streamed token
+        self.fin_cost = step.frontend_finish_ms  # API server work per finished request, after its last token
         self.jitter = jitter_quantiles(n, load.seed) * float(step.request_jitter_ms)
 
         self.sent = np.full(n, np.nan)
@@ -323,8 +325,10 @@ class _Sim:
         self.kv_used += b * k
         self.front_requests(self.t)
         self.front = max(self.front, self.t) + w
-        for i in self.finishing_decoders():
+        finishing = self.finishing_decoders()
+        for i in finishing:
             self.deliver(i, first=False, last=True)
+        self.front += len(finishing) * self.fin_cost
 
     def mixed_step(self) -> None:
         """One step with prefill work: decodes first, then running prefills, then admissions."""
@@ -393,6 +397,7 @@ class _Sim:
             self.deliver(i, first=False, last=True)
         for i in completed:
             self.prefill_complete(i)
+        self.front += len(finishing) * self.fin_cost
 
     def prefill_complete(self, i: int) -> None:
         """Request i's prompt is in the KV cache at the end of this step: a token is out; it decodes the rest."""
@@ -402,6 +407,7 @@ class _Sim:
         if self.emitted[i] >= self.out:
             self.release(i, self.done[i])
             self.deliver(i, first=True, last=True)
+            self.front += self.fin_cost
             return
         self.deliver(i, first=True, last=False)
         self.s0[i] = self.step_idx

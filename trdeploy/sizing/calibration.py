@@ -393,7 +393,7 @@ def observations(runs: Sequence[Run], tier: str, *, fitted: bool | None = True) 
 
 def fittable(runs: Sequence[Run]) -> list[str]:
     """The parameters the runs' fitted points can inform."""
-    names = ["step_overhead_ms", "per_sequence_ms", "kv_read_eff", "request_overhead_ms", "frontend_request_ms", "frontend_token_ms", "request_jitter_ms"]
+    names = ["step_overhead_ms", "per_sequence_ms", "kv_read_eff", "request_overhead_ms", "frontend_request_ms", "frontend_token_ms", "request_jitter_ms", "frontend_finish_ms"]
     for run in runs:
         if not any(p.fit for p in run.points):
             continue

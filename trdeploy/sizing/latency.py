@@ -18,7 +18,11 @@ the requests through vLLM's scheduler with this step law (trdeploy.sizing.batchi
 mean `request_jitter_ms` (exponentially distributed: the event loops of the client and the API server, the
 hand-offs between processes). Without it a lone request's TTFT would have no spread, while vLLM's has: on
 the H100 sweep, one client's TTFT p95 was 16% above its p50 (43.2 against 37.2 ms), and a fit that cannot
-match both settles on a fixed overhead twice the size vLLM's own timers show.
+match both settles on a fixed overhead twice the size vLLM's own timers show. The API server's work after a
+request's last token (`frontend_finish_ms`) delays the requests behind it: in a closed loop every client
+sends its next request as its last one ends, and on the H100 the first request of each wave reached vLLM's
+engine 20-30 ms after it was sent (vLLM's timers: 22 ms between its arrival and the engine's queue at 4
+clients, 3 ms at 1); a fit with this cost cut the leave-one-out TTFT errors of both H100 sweeps.
 
 The free parameters (`LatencyParams`) are what `trdeploy calibrate` fits on a user's GPU, and what the
 calibration files shipped for the H100 and H200 hold (trdeploy/data/calibrations, made by the same code from
@@ -65,6 +69,7 @@ class LatencyParams:
     frontend_request_ms: float  # the API server's exclusive work per new request (parsing, tokenizing)
     frontend_token_ms: float  # the API server's exclusive work per streamed token
     request_jitter_ms: float  # mean of the exponentially distributed extra latency of a request outside the engine
+    frontend_finish_ms: float  # the API server's exclusive work per finished request (after its last token)
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
@@ -93,6 +98,7 @@ PRIOR = LatencyParams(
     frontend_request_ms=0.5,
     frontend_token_ms=0.05,
     request_jitter_ms=2.0,
+    frontend_finish_ms=1.0,
 )
 
 # How far a fit may move each parameter from its start (log-normal prior, one standard deviation as a
@@ -111,6 +117,7 @@ PRIOR_SPREAD = {
     "frontend_request_ms": 4.0,
     "frontend_token_ms": 3.0,
     "request_jitter_ms": 3.0,
+    "frontend_finish_ms": 4.0,
 }
 # Physical bounds a fit stays within.
 BOUNDS = {
@@ -127,6 +134,7 @@ BOUNDS = {
     "frontend_request_ms": (1e-3, 100.0),
     "frontend_token_ms": (1e-4, 5.0),
     "request_jitter_ms": (0.01, 500.0),
+    "frontend_finish_ms": (1e-3, 100.0),
 }
 
 
@@ -147,6 +155,7 @@ class StepModel:
     request_jitter_ms: float
     allreduce_fixed_ms: float  # per step (0 at tp 1)
     allreduce_ms_per_token: float
+    frontend_finish_ms: float = 0.0
 
     def step_ms(self, *, tokens: float, seqs: int, kv_context: float, attn_token_ctx: float, decode_only: bool) -> float:
         gemm = tokens * (self.decode_gemm_ms_per_token if decode_only else self.gemm_ms_per_token) + attn_token_ctx * self.attn_ms_per_token_ctx
@@ -234,6 +243,7 @@ def step_model(
         request_jitter_ms=params.request_jitter_ms,
         allreduce_fixed_ms=2 * arch.num_hidden_layers * ar_latency if tp > 1 else 0.0,
         allreduce_ms_per_token=2 * arch.num_hidden_layers * per_token_bytes / (gpu.interconnect_gbs * 1e9) * 1e3 if tp > 1 else 0.0,
+        frontend_finish_ms=params.frontend_finish_ms,
     )
 
 
