@@ -123,6 +123,4 @@ def test_the_third_session_was_measured_by_the_model_it_did_not_choose():
         check = json.loads((DATA3 / name).read_text())
         assert len(check["points"]) == len(run.points) >= 3, label
         assert check["kv_cache_tokens"]["error"] == 0.0
-        assert {(p["prompt_tokens"], p["output_tokens"], p["load"]) for p in check["points"]} == {
-            (p.prompt_tokens, p.output_tokens, p.load.label()) for p in run.points
-        }
+        assert {(p["prompt_tokens"], p["output_tokens"], p["load"]) for p in check["points"]} == {(p.prompt_tokens, p.output_tokens, p.load.label()) for p in run.points}
