@@ -76,6 +76,10 @@ held)
   B="tr bench --url http://localhost:8000 --api completions --ignore-eos --json"
   $B --synthetic 1024 --output-tokens 256 --sweep concurrency=8,32,48 -n 96 -o /tmp/res/held-typical.json --requests /tmp/res/held-typical.csv > /dev/null
   $B --synthetic 3000 --output-tokens 100 -c 8 -n 24 -o /tmp/res/held-3000-100.json --requests /tmp/res/held-3000-100.csv > /dev/null
+  # The same prompts again (--prompt-salt), right away: vLLM's prefix cache serves them and bench flags it. (In the
+  # third session this ran after ~588,000 other prompt tokens, which had evicted them: 0 hits.)
+  salt=$(python3 -c "import json; print(json.load(open('/tmp/res/held-3000-100.json'))['prompts']['salt'])")
+  $B --synthetic 3000 --output-tokens 100 -c 8 -n 24 --prompt-salt "$salt" -o /tmp/res/repeat-3000-100.json > /dev/null
   $B --synthetic 128 --output-tokens 512 -c 32 -n 64 -o /tmp/res/held-128-512.json --requests /tmp/res/held-128-512.csv > /dev/null
   $B --synthetic 512 --output-tokens 128 -c 16 -n 48 -o /tmp/res/held-512-128.json --requests /tmp/res/held-512-128.csv > /dev/null
   rate=$(python3 -c "import yaml,sys; c=yaml.safe_load(open(sys.argv[1])); p=[p for r in c['runs'] for p in r['points'] if p['load']['arrivals']=='poisson']; print(round(0.55*p[0]['load']['request_rate'],3) if p else 2.0)" /tmp/res/calibration-$tier-bf16.yaml)
@@ -85,9 +89,6 @@ held)
   $B --synthetic 768 --output-tokens 384 -c 64 -n 128 -o /tmp/res/held-768-384.json --requests /tmp/res/held-768-384.csv > /dev/null
   rate2=$(python3 -c "print(round($rate / 0.55 * 0.8, 3))")
   $B --synthetic 1024 --output-tokens 256 --request-rate "$rate2" -n $(python3 -c "print(max(60, round($rate2*20)))") -o /tmp/res/held-poisson-busy.json --requests /tmp/res/held-poisson-busy.csv > /dev/null
-  # The same prompts again (--prompt-salt): vLLM's prefix cache serves them, bench flags it.
-  salt=$(python3 -c "import json; print(json.load(open('/tmp/res/held-3000-100.json'))['prompts']['salt'])")
-  $B --synthetic 3000 --output-tokens 100 -c 8 -n 24 --prompt-salt "$salt" -o /tmp/res/repeat-3000-100.json > /dev/null
   tr calibrate --check /tmp/res/calibration-$tier-bf16.yaml --from-bench /tmp/res/held-*.json --profile "$P" --json > /tmp/res/check-$tier-bf16.json
   tr calibrate --check /tmp/res/calibration-$tier-bf16.yaml --from-bench /tmp/res/held-*.json --profile "$P" 2>&1 | tail -20
   python3 -c "import json; r=json.load(open('/tmp/res/repeat-3000-100.json'))['runs'][0]['server_metrics']['prefix_cache']; f=json.load(open('/tmp/res/held-3000-100.json'))['runs'][0]['server_metrics']['prefix_cache']; print('prefix cache: first', f, 'repeat', r)"
