@@ -33,7 +33,7 @@ def _load_make_calibrations():
 
 def _flat_step(**kw) -> StepModel:
     base = {"weight_ms": 10.0, "gemm_ms_per_token": 0.01, "decode_gemm_ms_per_token": 0.01, "attn_ms_per_token_ctx": 0.0, "kv_ms_per_token": 0.0,
-                "step_overhead_ms": 0.0, "per_sequence_ms": 0.0, "request_overhead_ms": 0.0, "frontend_request_ms": 0.0, "frontend_token_ms": 0.0, "request_jitter_ms": 0.0,
+                "step_overhead_ms": 0.0, "per_sequence_ms": 0.0, "request_overhead_ms": 0.0, "frontend_request_ms": 0.0, "frontend_token_ms": 0.0, "frontend_finish_ms": 0.0, "request_jitter_ms": 0.0,
                 "allreduce_fixed_ms": 0.0, "allreduce_ms_per_token": 0.0}  # fmt: skip
     return StepModel(**{**base, **kw})
 

@@ -145,6 +145,7 @@ class _Sim:
         self.req_cost = step.frontend_request_ms  # API server work per new request
         self.tok_cost = step.frontend_token_ms  # API server work per streamed token
         self.fin_cost = step.frontend_finish_ms  # API server work per finished request, after its last token
+        self.unbilled = 0  # requests finished in the step just ended whose finish work the API server has still to do
         self.jitter = jitter_quantiles(n, load.seed) * float(step.request_jitter_ms)
 
         self.sent = np.full(n, np.nan)
@@ -227,6 +228,7 @@ class _Sim:
         if last:
             self.end[i] = self.front
             self.finished += 1
+            self.unbilled += 1
             self.in_flight -= 1
             if self.load.arrivals == "closed":
                 if self.next_index < self.n:
@@ -325,10 +327,9 @@ class _Sim:
         self.kv_used += b * k
         self.front_requests(self.t)
         self.front = max(self.front, self.t) + w
-        finishing = self.finishing_decoders()
-        for i in finishing:
+        for i in self.finishing_decoders():
             self.deliver(i, first=False, last=True)
-        self.front += len(finishing) * self.fin_cost
+        self.bill_finishes()
 
     def mixed_step(self) -> None:
         """One step with prefill work: decodes first, then running prefills, then admissions."""
@@ -397,7 +398,12 @@ class _Sim:
             self.deliver(i, first=False, last=True)
         for i in completed:
             self.prefill_complete(i)
-        self.front += len(finishing) * self.fin_cost
+        self.bill_finishes()
+
+    def bill_finishes(self) -> None:
+        """After the step's tokens are streamed, the API server's work on the requests that finished in it."""
+        self.front += self.unbilled * self.fin_cost
+        self.unbilled = 0
 
     def prefill_complete(self, i: int) -> None:
         """Request i's prompt is in the KV cache at the end of this step: a token is out; it decodes the rest."""
@@ -407,7 +413,6 @@ class _Sim:
         if self.emitted[i] >= self.out:
             self.release(i, self.done[i])
             self.deliver(i, first=True, last=True)
-            self.front += self.fin_cost
             return
         self.deliver(i, first=True, last=False)
         self.s0[i] = self.step_idx

@@ -152,10 +152,10 @@ class StepModel:
     request_overhead_ms: float
     frontend_request_ms: float
     frontend_token_ms: float
+    frontend_finish_ms: float
     request_jitter_ms: float
     allreduce_fixed_ms: float  # per step (0 at tp 1)
     allreduce_ms_per_token: float
-    frontend_finish_ms: float = 0.0
 
     def step_ms(self, *, tokens: float, seqs: int, kv_context: float, attn_token_ctx: float, decode_only: bool) -> float:
         gemm = tokens * (self.decode_gemm_ms_per_token if decode_only else self.gemm_ms_per_token) + attn_token_ctx * self.attn_ms_per_token_ctx
@@ -240,10 +240,10 @@ def step_model(
         request_overhead_ms=params.request_overhead_ms,
         frontend_request_ms=params.frontend_request_ms,
         frontend_token_ms=params.frontend_token_ms,
+        frontend_finish_ms=params.frontend_finish_ms,
         request_jitter_ms=params.request_jitter_ms,
         allreduce_fixed_ms=2 * arch.num_hidden_layers * ar_latency if tp > 1 else 0.0,
         allreduce_ms_per_token=2 * arch.num_hidden_layers * per_token_bytes / (gpu.interconnect_gbs * 1e9) * 1e3 if tp > 1 else 0.0,
-        frontend_finish_ms=params.frontend_finish_ms,
     )
 
 
