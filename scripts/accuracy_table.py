@@ -33,8 +33,32 @@ START, END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
 NAMES = {"ttft_p50_ms": "TTFT p50", "ttft_p95_ms": "TTFT p95", "tpot_p50_ms": "TPOT p50", "e2e_p95_ms": "E2E p95", "output_throughput": "output tok/s"}
 
 
+# The later sessions: (folder, label of its bf16 held-out set, label of its AWQ held-out set).
+LATER_SESSIONS = (
+    (
+        DATA2,
+        "H100, second session, bf16: other loads (c=8/32/48, 3000/100, 128/512, 512/128, a Poisson rate)",
+        "H100, second session, AWQ (2-minute sweep): 1024/256 at c=32, 3000/100 at c=8",
+    ),
+    (
+        DATA3,
+        "H100, third session, bf16: other loads (c=8/32/48, 3000/100, 128/512, 512/128, 1536/128 c=24, 768/384 c=64, two Poisson rates)",
+        "H100, third session, AWQ (2-minute sweep): 1024/256 at c=32, 3000/100 at c=8, 512/128 at c=16",
+    ),
+)
+
+
+def session_sets(data: Path, bf16_label: str, awq_label: str) -> list[tuple[str, Calibration, object]]:
+    """A session's two held-out sets: its bf16-held-* and awq-held-* reports, each with its own calibration."""
+    out = []
+    for label, quant in ((bf16_label, "bf16"), (awq_label, "awq")):
+        cal = Calibration.load(data / f"calibration-h100-{quant}.yaml")
+        out.append((label, cal, run_of_reports(cal.runs[0], sorted(data.glob(f"{quant}-held-*.json")))))
+    return out
+
+
 def held_out_sets() -> list[tuple[str, Calibration, object]]:
-    """(label, calibration, run of held-out points) for the two H100 sessions."""
+    """(label, calibration, run of held-out points) for the three H100 sessions."""
     bf16 = Calibration.load(DATA / "calibration-h100-bf16.yaml")
     awq = Calibration.load(DATA / "calibration-h100-awq.yaml")
     card = json.loads((DATA / "card.json").read_text())
@@ -46,30 +70,7 @@ def held_out_sets() -> list[tuple[str, Calibration, object]]:
         ("H100, Llama-3-8B bf16: other loads (c=8/32/48, 3000/100, 128/512, a Poisson rate)", bf16, same),
         ("H100, Llama-3-8B bf16: other engine arguments (max_num_batched_tokens 4096, utilisation 0.85, max_num_seqs 64)", bf16, other),
         ("H100, Llama-3-8B AWQ (calibrated with a 2-minute sweep)", awq, awq_run),
-        *second_session_sets(),
-        *third_session_sets(),
-    ]
-
-
-def second_session_sets() -> list[tuple[str, Calibration, object]]:
-    bf16 = Calibration.load(DATA2 / "calibration-h100-bf16.yaml")
-    awq = Calibration.load(DATA2 / "calibration-h100-awq.yaml")
-    same = run_of_reports(bf16.runs[0], sorted(DATA2.glob("bf16-held-*.json")))
-    awq_run = run_of_reports(awq.runs[0], sorted(DATA2.glob("awq-held-*.json")))
-    return [
-        ("H100, second session, bf16: other loads (c=8/32/48, 3000/100, 128/512, 512/128, a Poisson rate)", bf16, same),
-        ("H100, second session, AWQ (2-minute sweep): 1024/256 at c=32, 3000/100 at c=8", awq, awq_run),
-    ]
-
-
-def third_session_sets() -> list[tuple[str, Calibration, object]]:
-    bf16 = Calibration.load(DATA3 / "calibration-h100-bf16.yaml")
-    awq = Calibration.load(DATA3 / "calibration-h100-awq.yaml")
-    same = run_of_reports(bf16.runs[0], sorted(DATA3.glob("bf16-held-*.json")))
-    awq_run = run_of_reports(awq.runs[0], sorted(DATA3.glob("awq-held-*.json")))
-    return [
-        ("H100, third session, bf16: other loads (c=8/32/48, 3000/100, 128/512, 512/128, 1536/128 c=24, 768/384 c=64, two Poisson rates)", bf16, same),
-        ("H100, third session, AWQ (2-minute sweep): 1024/256 at c=32, 3000/100 at c=8, 512/128 at c=16", awq, awq_run),
+        *(held for session in LATER_SESSIONS for held in session_sets(*session)),
     ]
 
 

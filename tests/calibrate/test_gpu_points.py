@@ -118,7 +118,7 @@ def test_the_third_session_was_measured_by_the_model_it_did_not_choose():
     """The third session's device printed the previous model's held-out errors (device-check-*.json) on the same
     points the README table predicts with this model: the same held-out loads, every one with a result."""
     mod = _script()
-    sets = mod.third_session_sets()
+    sets = mod.session_sets(*mod.LATER_SESSIONS[1])
     for (label, _cal, run), name in zip(sets, ("device-check-bf16.json", "device-check-awq.json"), strict=True):
         check = json.loads((DATA3 / name).read_text())
         assert len(check["points"]) == len(run.points) >= 3, label
