@@ -10,6 +10,10 @@
 #   bash D/calibrate_gpu.sh calibrate M   # trdeploy calibrate (M minutes, datasheet prior) -> $OUT
 #   bash D/calibrate_gpu.sh held          # held-out bench runs (and per-request traces) -> $OUT
 #   bash D/calibrate_gpu.sh awq M         # the AWQ checkpoint: restart, KV check, calibrate (M minutes) + held-out -> $OUT
+# An AWQ-only session (the fourth): how many waves a sweep point sends, and the held-out error that follows.
+#   bash D/calibrate_gpu.sh install-awq   # install vLLM, start it on the AWQ checkpoint with the AWQ profile's arguments
+#   bash D/calibrate_gpu.sh awq-cal M W TAG   # calibrate (M minutes) with at most W waves per closed-loop point -> $OUT
+#   bash D/calibrate_gpu.sh awq-held      # held-out bench runs with every request's timings -> $OUT
 #
 # The card is treated as unknown: --prior datasheet (the fit starts from, and "before" is, datasheet figures
 # with generic efficiencies, not the shipped H100/H200 calibrations).
@@ -61,6 +65,43 @@ install)
   tier=$(gpu_tier); echo "$tier" > /tmp/tier
   start_server /tmp/m "$C/profile-$tier-bf16.yaml" bf16
   wait_health bf16 420
+  ;;
+install-awq)
+  t=$(date +%s)
+  mkdir -p /tmp/stage && cat /tmp/parts/part.* | tar xf - -C /tmp/stage || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/stage/whl/*.whl 2>&1 | grep -v "already exists" | tail -3
+  python3 -c "import vllm, torch, pydantic; print('vllm', vllm.__version__, 'torch', torch.__version__, 'pydantic', pydantic.VERSION)" | tee -a /tmp/res/card.txt
+  echo "install $(( $(date +%s) - t )) s"
+  for _ in $(seq 1 300); do [ -f /tmp/q.done ] && break; sleep 1; done
+  [ -f /tmp/q.done ] || { echo "AWQ checkpoint not written"; tail /tmp/res/models.log; exit 1; }
+  gunzip -c $C/tokenizer.json.gz > /tmp/q/tokenizer.json && cp $C/tokenizer_config.json $C/special_tokens_map.json /tmp/q/
+  tier=$(gpu_tier); echo "$tier" > /tmp/tier
+  start_server /tmp/q "$C/profile-$tier-awq.yaml" awq
+  wait_health awq 420
+  ;;
+awq-cal)
+  tier=$(cat /tmp/tier); P=$C/profile-$tier-awq.yaml; M=${2:-2}; W=${3:-3}; T=${4:-w$W}
+  t=$(date +%s)
+  TRDEPLOY_SWEEP_MAX_WAVES=$W python3 -P -m trdeploy calibrate --url http://localhost:8000 --profile "$P" -o /tmp/res/calibration-$tier-awq-$T.yaml --budget-minutes "$M" --prior datasheet --no-leave-one-out 2>&1 | tail -25
+  echo "awq-cal $T $(( $(date +%s) - t )) s"
+  pack awq-$T
+  ;;
+awq-held)
+  tier=$(cat /tmp/tier); P=$C/profile-$tier-awq.yaml
+  tr() { python3 -P -m trdeploy "$@"; }
+  B="tr bench --url http://localhost:8000 --api completions --ignore-eos --json"
+  $B --synthetic 1024 --output-tokens 256 -c 32 -n 128 -o /tmp/res/held-awq-typical.json --requests /tmp/res/held-awq-typical.csv > /dev/null
+  $B --synthetic 3000 --output-tokens 100 -c 8 -n 32 -o /tmp/res/held-awq-3000-100.json --requests /tmp/res/held-awq-3000-100.csv > /dev/null
+  $B --synthetic 512 --output-tokens 128 -c 16 -n 64 -o /tmp/res/held-awq-512-128.json --requests /tmp/res/held-awq-512-128.csv > /dev/null
+  $B --synthetic 128 --output-tokens 512 -c 32 -n 64 -o /tmp/res/held-awq-128-512.json --requests /tmp/res/held-awq-128-512.csv > /dev/null
+  $B --synthetic 1536 --output-tokens 128 -c 24 -n 72 -o /tmp/res/held-awq-1536-128.json --requests /tmp/res/held-awq-1536-128.csv > /dev/null
+  $B --synthetic 768 --output-tokens 384 -c 48 -n 96 -o /tmp/res/held-awq-768-384.json --requests /tmp/res/held-awq-768-384.csv > /dev/null
+  $B --synthetic 1024 --output-tokens 256 --request-rate 5 -n 160 -o /tmp/res/held-awq-poisson.json --requests /tmp/res/held-awq-poisson.csv > /dev/null
+  for f in /tmp/res/calibration-$tier-awq-*.yaml; do
+    echo "== $f"; tr calibrate --check "$f" --from-bench /tmp/res/held-awq-*.json --profile "$P" --json > "${f%.yaml}.check.json"
+    python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; print({m: (round(v['median_abs']*100,1), round(v['p90_abs']*100,1), v['points']) for m, v in s.items()})" "${f%.yaml}.check.json"
+  done
+  pack awq-held
   ;;
 calibrate)
   tier=$(cat /tmp/tier); P=$C/profile-$tier-bf16.yaml; M=${2:-6}
