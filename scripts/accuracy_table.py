@@ -6,7 +6,7 @@
 
 Sources, all in the repository: the calibrations shipped for the H100 and H200 (trdeploy/data/calibrations:
 leave-one-out errors over the points in tests/data), and tests/data/calibrate_h100, calibrate_h100_2 and
-calibrate_h100_3 (three sessions of trdeploy calibrate on a lent H100 treated as unknown, and bench runs of loads it did not measure). Each cell is the median / P90 of
+calibrate_h100_3, calibrate_h100_4 (four sessions of trdeploy calibrate on a lent H100 treated as unknown, and bench runs of loads it did not measure). Each cell is the median / P90 of
 the absolute relative error, predicted / measured - 1; "before" is the model with the datasheet prior.
 tests/calibrate/test_gpu_points.py keeps README in sync with this script.
 """
@@ -29,6 +29,7 @@ from trdeploy.sizing.latency import PRIOR  # noqa: E402
 DATA = ROOT / "tests" / "data" / "calibrate_h100"
 DATA2 = ROOT / "tests" / "data" / "calibrate_h100_2"  # the second session: points with vLLM's own timers
 DATA3 = ROOT / "tests" / "data" / "calibrate_h100_3"  # the third: measured after the model of this table was chosen
+DATA4 = ROOT / "tests" / "data" / "calibrate_h100_4"  # the fourth: AWQ only, four calibrations with this model, 7 loads measured twice
 START, END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
 NAMES = {"ttft_p50_ms": "TTFT p50", "ttft_p95_ms": "TTFT p95", "tpot_p50_ms": "TPOT p50", "e2e_p95_ms": "E2E p95", "output_throughput": "output tok/s"}
 
@@ -57,8 +58,27 @@ def session_sets(data: Path, bf16_label: str, awq_label: str) -> list[tuple[str,
     return out
 
 
+# The fourth session's calibrations (its AWQ start): two sweeps of the plan with at most 3 waves per point (2-minute
+# budget) and two of at most 8 (6-minute budget), each checked on the same 7 loads measured twice (held1-*, held2-*).
+FOURTH = (
+    ("w3-1", "H100, fourth session, AWQ, 2-minute sweep (at most 3 waves a point), first: 7 loads measured twice"),
+    ("w3-2", "H100, fourth session, AWQ, 2-minute sweep (at most 3 waves a point), second"),
+    ("w8-1", "H100, fourth session, AWQ, 6-minute sweep (at most 8 waves a point), first"),
+    ("w8-2", "H100, fourth session, AWQ, 6-minute sweep (at most 8 waves a point), second"),
+)
+
+
+def fourth_session_sets() -> list[tuple[str, Calibration, object]]:
+    """The fourth session: each calibration with the 14 held-out runs (7 loads, each measured twice)."""
+    out = []
+    for tag, label in FOURTH:
+        cal = Calibration.load(DATA4 / f"calibration-h100-awq-{tag}.yaml")
+        out.append((label, cal, run_of_reports(cal.runs[0], sorted(DATA4.glob("held[12]-*.json")))))
+    return out
+
+
 def held_out_sets() -> list[tuple[str, Calibration, object]]:
-    """(label, calibration, run of held-out points) for the three H100 sessions."""
+    """(label, calibration, run of held-out points) for the four H100 sessions."""
     bf16 = Calibration.load(DATA / "calibration-h100-bf16.yaml")
     awq = Calibration.load(DATA / "calibration-h100-awq.yaml")
     card = json.loads((DATA / "card.json").read_text())
@@ -71,6 +91,7 @@ def held_out_sets() -> list[tuple[str, Calibration, object]]:
         ("H100, Llama-3-8B bf16: other engine arguments (max_num_batched_tokens 4096, utilisation 0.85, max_num_seqs 64)", bf16, other),
         ("H100, Llama-3-8B AWQ (calibrated with a 2-minute sweep)", awq, awq_run),
         *(held for session in LATER_SESSIONS for held in session_sets(*session)),
+        *fourth_session_sets(),
     ]
 
 

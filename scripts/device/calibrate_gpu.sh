@@ -12,7 +12,8 @@
 #   bash D/calibrate_gpu.sh awq M         # the AWQ checkpoint: restart, KV check, calibrate (M minutes) + held-out -> $OUT
 # An AWQ-only session (the fourth): how many waves a sweep point sends, and the held-out error that follows.
 #   bash D/calibrate_gpu.sh install-awq   # install vLLM, start it on the AWQ checkpoint with the AWQ profile's arguments
-#   bash D/calibrate_gpu.sh awq-cal M W TAG   # calibrate (M minutes) with at most W waves per closed-loop point -> $OUT
+#   bash D/calibrate_gpu.sh awq-cal M W TAG   # calibrate (M minutes, --max-waves W) -> $OUT  (in the fourth session the device copy of
+#                                             trdeploy read W from TRDEPLOY_SWEEP_MAX_WAVES, before --max-waves existed; the same plan)
 #   bash D/calibrate_gpu.sh awq-held      # held-out bench runs with every request's timings -> $OUT
 #
 # The card is treated as unknown: --prior datasheet (the fit starts from, and "before" is, datasheet figures
@@ -82,7 +83,7 @@ install-awq)
 awq-cal)
   tier=$(cat /tmp/tier); P=$C/profile-$tier-awq.yaml; M=${2:-2}; W=${3:-3}; T=${4:-w$W}
   t=$(date +%s)
-  TRDEPLOY_SWEEP_MAX_WAVES=$W python3 -P -m trdeploy calibrate --url http://localhost:8000 --profile "$P" -o /tmp/res/calibration-$tier-awq-$T.yaml --budget-minutes "$M" --prior datasheet --no-leave-one-out 2>&1 | tail -25
+  python3 -P -m trdeploy calibrate --url http://localhost:8000 --profile "$P" -o /tmp/res/calibration-$tier-awq-$T.yaml --budget-minutes "$M" --max-waves "$W" --prior datasheet --no-leave-one-out 2>&1 | tail -25
   echo "awq-cal $T $(( $(date +%s) - t )) s"
   pack awq-$T
   ;;

@@ -1,6 +1,6 @@
-"""The points measured with the real vLLM 0.25.0 on a lent H100 in three sessions (tests/data/calibrate_h100,
-calibrate_h100_2 and calibrate_h100_3, their card.json says how): what calibrate fitted, the loads it did not
-see, and README's accuracy table made from them."""
+"""The points measured with the real vLLM 0.25.0 on a lent H100 in four sessions (tests/data/calibrate_h100,
+calibrate_h100_2, calibrate_h100_3 and calibrate_h100_4, their card.json says how): what calibrate fitted, the
+loads it did not see, and README's accuracy table made from them."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from trdeploy.sizing.calibration import Calibration
 DATA = ROOT / "tests" / "data" / "calibrate_h100"
 DATA2 = ROOT / "tests" / "data" / "calibrate_h100_2"
 DATA3 = ROOT / "tests" / "data" / "calibrate_h100_3"
+DATA4 = ROOT / "tests" / "data" / "calibrate_h100_4"
 
 
 def _script():
@@ -52,10 +53,15 @@ MET = {
     4: ("ttft_p95_ms", "tpot_p50_ms"),  # second session, AWQ (2 points): TTFT p50, E2E p95 and throughput missed
     5: tuple(TARGETS),  # third session, bf16 (measured after the model was chosen)
     6: ("tpot_p50_ms", "e2e_p95_ms"),  # third session, AWQ (3 points): TTFT p50 and p95 and throughput missed
+    7: tuple(TARGETS),  # fourth session, AWQ, 2-minute sweeps (at most 3 waves a point), 14 held-out runs each
+    8: tuple(TARGETS),
+    9: tuple(TARGETS),  # fourth session, AWQ, 6-minute sweeps (at most 8 waves a point)
+    10: tuple(TARGETS),
 }
+IDS = ["bf16-other-loads", "bf16-other-engine-args", "awq", "second-bf16", "second-awq", "third-bf16", "third-awq", "fourth-w3-1", "fourth-w3-2", "fourth-w8-1", "fourth-w8-2"]
 
 
-@pytest.mark.parametrize("index", sorted(MET), ids=["bf16-other-loads", "bf16-other-engine-args", "awq", "second-bf16", "second-awq", "third-bf16", "third-awq"])
+@pytest.mark.parametrize("index", sorted(MET), ids=IDS)
 def test_held_out_loads_meet_the_targets_they_meet(index):
     mod = _script()
     label, cal, run = mod.held_out_sets()[index]
@@ -96,7 +102,7 @@ def test_held_out_kv_caches_within_a_tenth_of_a_percent():
 
 
 def test_no_held_out_run_hit_the_prefix_cache_except_the_repeat():
-    for path in sorted([*DATA.glob("*.json"), *DATA2.glob("*.json"), *DATA3.glob("*.json")]):
+    for path in sorted([*DATA.glob("*.json"), *DATA2.glob("*.json"), *DATA3.glob("*.json"), *DATA4.glob("*.json")]):
         if path.name == "card.json" or path.name.startswith("device-check-"):
             continue
         report = read_report(path)
@@ -112,6 +118,7 @@ def test_no_held_out_run_hit_the_prefix_cache_except_the_repeat():
     assert json.loads((DATA / "card.json").read_text())["device_minutes"] < 30
     assert json.loads((DATA2 / "card.json").read_text())["device_seconds"] < 30 * 60
     assert json.loads((DATA3 / "card.json").read_text())["device_seconds"] < 30 * 60
+    assert json.loads((DATA4 / "card.json").read_text())["device_seconds"] < 30 * 60
 
 
 def test_the_third_session_was_measured_by_the_model_it_did_not_choose():
@@ -124,3 +131,56 @@ def test_the_third_session_was_measured_by_the_model_it_did_not_choose():
         assert len(check["points"]) == len(run.points) >= 3, label
         assert check["kv_cache_tokens"]["error"] == 0.0
         assert {(p["prompt_tokens"], p["output_tokens"], p["load"]) for p in check["points"]} == {(p.prompt_tokens, p.output_tokens, p.load.label()) for p in run.points}
+
+
+FOURTH = ("w3-1", "w3-2", "w8-1", "w8-2")
+
+
+def test_the_fourth_session_errors_are_the_devices_own():
+    """The fourth session ran this latency model: the held-out errors recomputed here from its files are the ones
+    `calibrate --check` printed on the device, for every calibration and both measurements of the 7 loads."""
+    from trdeploy.calibrate.accuracy import point_errors, run_of_reports
+
+    salts = set()
+    for held in ("held1", "held2"):
+        files = sorted(DATA4.glob(f"{held}-*.json"))
+        assert len(files) == 7
+        salts |= {read_report(f)["prompts"]["salt"] for f in files}
+        for tag in FOURTH:
+            cal = Calibration.load(DATA4 / f"calibration-h100-awq-{tag}.yaml")
+            assert cal.prior == "datasheet" and cal.gpu.tier == "h100" and not cal.sweep["interrupted"]
+            rows = point_errors(cal.params, run_of_reports(cal.runs[0], files), "h100")
+            device = json.loads((DATA4 / f"device-check-{tag}-{held}.json").read_text())
+            assert device["sha256"] == cal.sha256() and len(device["points"]) == len(rows) == 7
+            by_load = {(p["prompt_tokens"], p["output_tokens"], p["load"]): p["error"] for p in device["points"]}
+            for r in rows:
+                theirs = by_load[(r["prompt_tokens"], r["output_tokens"], r["load"])]
+                assert r["error"].keys() == theirs.keys()
+                for metric, value in r["error"].items():
+                    assert value == pytest.approx(theirs[metric], abs=1e-9), (tag, held, r["id"], metric)
+    assert len(salts) == 14  # new prompts in every run
+
+
+def test_max_waves_makes_the_plans_the_fourth_session_ran():
+    """`calibrate --max-waves W` plans what the device ran (its copy read W from the environment): the same points
+    and requests; the 8-wave plans send at most 8 waves a closed-loop point, the 3-wave ones at most 3."""
+    from trdeploy.calibrate.sweep import MAX_WAVES, plan_sweep
+    from trdeploy.deployment import DeploymentProfile
+    from trdeploy.sizing.calibration import run_engine, step_factory
+    from trdeploy.sizing.latency import PRIOR
+
+    profile = DeploymentProfile.load(DATA4 / "profile-h100-awq.yaml")
+    assert MAX_WAVES == 8
+    for tag in FOURTH:
+        cal = Calibration.load(DATA4 / f"calibration-h100-awq-{tag}.yaml")
+        run = cal.runs[0]
+        waves = int(tag[1])
+        engine = run_engine(run, "h100")
+        sweep = plan_sweep(profile, step_factory(run, "h100")(PRIOR), engine, budget_s=cal.sweep["budget_minutes"] * 60,
+                           kv_capacity_tokens=int(engine.kv_capacity_tokens or 0), max_waves=waves)  # fmt: skip
+        assert [(p.id, p.load.num_requests) for p in sweep.points] == [(p.id, p.load.num_requests) for p in run.points], tag
+        closed = [p for p in run.points if p.load.arrivals == "closed"]
+        assert all(p.load.num_requests <= waves * max(p.load.concurrency, 4) for p in closed)
+        assert cal.sweep["seconds"] <= cal.sweep["budget_minutes"] * 60
+    top = next(p for p in Calibration.load(DATA4 / "calibration-h100-awq-w8-1.yaml").runs[0].points if p.id == "typical-c72")
+    assert top.load.num_requests == 8 * 72

@@ -162,7 +162,7 @@ def _live(req: CalibrateRequest, profile: DeploymentProfile, say: Callable[[str]
     probe = _run(profile, [], facts, "")
     engine: Engine = run_engine(probe, tier)
     step = step_factory(probe, tier)(prior)
-    sweep = plan_sweep(profile, step, engine, budget_s=req.budget_minutes * 60, kv_capacity_tokens=int(engine.kv_capacity_tokens or 0), seed=req.seed)
+    sweep = plan_sweep(profile, step, engine, budget_s=req.budget_minutes * 60, kv_capacity_tokens=int(engine.kv_capacity_tokens or 0), seed=req.seed, max_waves=req.max_waves)
     say(f"sweep: {sweep.describe()}" + (f"; left out for the budget: {', '.join(sweep.dropped)}" if sweep.dropped else ""))
     salt = req.prompt_salt if req.prompt_salt is not None else secrets.randbelow(2**31)
     endpoint = Endpoint(base_url=base_url, api="completions", model=model, api_key=req.api_key or None, timeout_s=req.timeout_s, v1_prefix=v1)
@@ -213,6 +213,7 @@ def _live(req: CalibrateRequest, profile: DeploymentProfile, say: Callable[[str]
         progress=say,
         sweep={
             "budget_minutes": req.budget_minutes,
+            "max_waves": req.max_waves,
             "seconds": round(measurement.seconds, 1),
             "planned": [p.id for p in sweep.points],
             "left_out_for_budget": list(sweep.dropped),

@@ -9,6 +9,7 @@ from typing import ClassVar, Literal
 from trdeploy.args import Args, arg
 
 DEFAULT_BUDGET_MINUTES = 10.0
+DEFAULT_MAX_WAVES = 8  # trdeploy.calibrate.sweep says why
 
 Prior = Literal["shipped", "datasheet"]
 
@@ -26,6 +27,9 @@ class CalibrateRequest(Args):
     )
     budget_minutes: float = arg(
         DEFAULT_BUDGET_MINUTES, gt=0, le=240, help="Minutes the sweep may take (the plan fits inside; at the end a run still going is stopped)."
+    )
+    max_waves: int = arg(
+        DEFAULT_MAX_WAVES, ge=2, le=50, help="At most this many waves (requests per client) per closed-loop point, when the budget holds them: more waves, less noise."
     )
     api_key: str | None = arg(None, help="Bearer token (or OPENAI_API_KEY).")
     model: str | None = arg(None, help="Model name to request.", default_note="the profile's served model name")

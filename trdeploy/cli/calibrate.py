@@ -53,6 +53,7 @@ def calibrate(
     from_bench: Annotated[bool, typer.Option("--from-bench", help=R.model_fields["from_bench"].description or "")] = False,
     check: Annotated[Path | None, opt(R, "check")] = default(R, "check"),
     budget_minutes: Annotated[float, opt(R, "budget_minutes")] = default(R, "budget_minutes"),
+    max_waves: Annotated[int, opt(R, "max_waves")] = default(R, "max_waves"),
     api_key: Annotated[str | None, opt(R, "api_key", envvar="OPENAI_API_KEY", show_default=False)] = default(R, "api_key"),
     model: Annotated[str | None, opt(R, "model", "--model", "-m")] = default(R, "model"),
     prior: Annotated[PriorChoice, opt(R, "prior")] = default(R, "prior"),
@@ -78,7 +79,7 @@ def calibrate(
         ensure_writable(output, force=force)
         refuse_input_as_output(output, [("--profile", profile), ("--check", check), *(("--from-bench", p) for p in bench_files)])
     req = CalibrateRequest(
-        url=url, profile=profile, from_bench=bench_files, check=check, budget_minutes=budget_minutes, api_key=api_key, model=model,
+        url=url, profile=profile, from_bench=bench_files, check=check, budget_minutes=budget_minutes, max_waves=max_waves, api_key=api_key, model=model,
         prior=getattr(prior, "value", prior), seed=seed, prompt_salt=prompt_salt, timeout_s=timeout, leave_one_out=leave_one_out, name=name,
     )  # fmt: skip
     result = run_calibrate(req, say=lambda msg: err_console.print(msg, highlight=False, markup=False, soft_wrap=True))
