@@ -116,13 +116,10 @@ def table() -> str:
         n = len(run.points)
         rows.append(_row(label, n, "after", after))
         rows.append(_row("", n, "before (datasheet)", before))
-    live = Calibration.load(DATA / "calibration-h100-bf16.yaml")
-    live2 = Calibration.load(DATA2 / "calibration-h100-bf16.yaml")
-    live3 = Calibration.load(DATA3 / "calibration-h100-bf16.yaml")
+    sweeps = [Calibration.load(data / "calibration-h100-bf16.yaml") for data in (DATA, DATA2, DATA3)]
+    sessions = ("Llama-3-8B", "second session,", "third session,")
     for label, cal in (
-        (f"H100, Llama-3-8B bf16: the sweep's own {len(live.runs[0].points)} points, leave-one-out", live),
-        (f"H100, second session, bf16: the sweep's own {len(live2.runs[0].points)} points, leave-one-out", live2),
-        (f"H100, third session, bf16: the sweep's own {len(live3.runs[0].points)} points, leave-one-out", live3),
+        *((f"H100, {where} bf16: the sweep's own {len(cal.runs[0].points)} points, leave-one-out", cal) for where, cal in zip(sessions, sweeps, strict=True)),
         ("H200 (shipped calibration): Llama-3-8B bf16 c=1-1,024 and Llama-3-70B AWQ c=1-256, leave-one-out", shipped("h200")),
         ("H100 (shipped calibration): Llama-3-8B bf16 and AWQ, 512/300, leave-one-out", shipped("h100")),
     ):

@@ -43,6 +43,19 @@ wait_health() {  # $1 name, $2 seconds
   grep -E "Model loading took|Available KV cache memory|GPU KV cache size|Maximum concurrency|Graph capturing finished|init engine|LinearKernel" /tmp/res/$1.server.log | sed 's/^.*\] //' | cut -c1-200
 }
 pack() { tar czf "$OUTDIR/$1.tgz" -C /tmp/res . && ls -la "$OUTDIR"; }
+install_and_serve() {  # $1 checkpoint dir, $2 bf16|awq, $3 seconds to wait for the checkpoint: install vLLM, start it on $1
+  local t; t=$(date +%s)
+  mkdir -p /tmp/stage && cat /tmp/parts/part.* | tar xf - -C /tmp/stage || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/stage/whl/*.whl 2>&1 | grep -v "already exists" | tail -3
+  python3 -c "import vllm, torch, pydantic; print('vllm', vllm.__version__, 'torch', torch.__version__, 'pydantic', pydantic.VERSION)" | tee -a /tmp/res/card.txt
+  echo "install $(( $(date +%s) - t )) s"
+  for _ in $(seq 1 "$3"); do [ -f "$1.done" ] && break; sleep 1; done
+  [ -f "$1.done" ] || { echo "$2 checkpoint not written"; tail /tmp/res/models.log; exit 1; }
+  gunzip -c $C/tokenizer.json.gz > "$1/tokenizer.json" && cp $C/tokenizer_config.json $C/special_tokens_map.json "$1/"
+  tier=$(gpu_tier); echo "$tier" > /tmp/tier
+  start_server "$1" "$C/profile-$tier-$2.yaml" "$2"
+  wait_health "$2" 420
+}
 
 case "$1" in
 part)
@@ -54,32 +67,8 @@ part)
     setsid nohup bash -c "python3 $D/make_llama3_8b.py /tmp/m && touch /tmp/m.done; python3 $D/make_llama3_8b_awq.py /tmp/q && touch /tmp/q.done" > /tmp/res/models.log 2>&1 < /dev/null &
   fi
   ;;
-install)
-  t=$(date +%s)
-  mkdir -p /tmp/stage && cat /tmp/parts/part.* | tar xf - -C /tmp/stage || exit 1
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/stage/whl/*.whl 2>&1 | grep -v "already exists" | tail -3
-  python3 -c "import vllm, torch, pydantic; print('vllm', vllm.__version__, 'torch', torch.__version__, 'pydantic', pydantic.VERSION)" | tee -a /tmp/res/card.txt
-  echo "install $(( $(date +%s) - t )) s"
-  for _ in $(seq 1 240); do [ -f /tmp/m.done ] && break; sleep 1; done
-  [ -f /tmp/m.done ] || { echo "bf16 checkpoint not written"; tail /tmp/res/models.log; exit 1; }
-  gunzip -c $C/tokenizer.json.gz > /tmp/m/tokenizer.json && cp $C/tokenizer_config.json $C/special_tokens_map.json /tmp/m/
-  tier=$(gpu_tier); echo "$tier" > /tmp/tier
-  start_server /tmp/m "$C/profile-$tier-bf16.yaml" bf16
-  wait_health bf16 420
-  ;;
-install-awq)
-  t=$(date +%s)
-  mkdir -p /tmp/stage && cat /tmp/parts/part.* | tar xf - -C /tmp/stage || exit 1
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/stage/whl/*.whl 2>&1 | grep -v "already exists" | tail -3
-  python3 -c "import vllm, torch, pydantic; print('vllm', vllm.__version__, 'torch', torch.__version__, 'pydantic', pydantic.VERSION)" | tee -a /tmp/res/card.txt
-  echo "install $(( $(date +%s) - t )) s"
-  for _ in $(seq 1 300); do [ -f /tmp/q.done ] && break; sleep 1; done
-  [ -f /tmp/q.done ] || { echo "AWQ checkpoint not written"; tail /tmp/res/models.log; exit 1; }
-  gunzip -c $C/tokenizer.json.gz > /tmp/q/tokenizer.json && cp $C/tokenizer_config.json $C/special_tokens_map.json /tmp/q/
-  tier=$(gpu_tier); echo "$tier" > /tmp/tier
-  start_server /tmp/q "$C/profile-$tier-awq.yaml" awq
-  wait_health awq 420
-  ;;
+install) install_and_serve /tmp/m bf16 240 ;;
+install-awq) install_and_serve /tmp/q awq 300 ;;
 awq-cal)
   tier=$(cat /tmp/tier); P=$C/profile-$tier-awq.yaml; M=${2:-2}; W=${3:-3}; T=${4:-w$W}
   t=$(date +%s)

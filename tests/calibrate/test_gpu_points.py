@@ -164,13 +164,14 @@ def test_the_fourth_session_errors_are_the_devices_own():
 def test_max_waves_makes_the_plans_the_fourth_session_ran():
     """`calibrate --max-waves W` plans what the device ran (its copy read W from the environment): the same points
     and requests; the 8-wave plans send at most 8 waves a closed-loop point, the 3-wave ones at most 3."""
-    from trdeploy.calibrate.sweep import MAX_WAVES, plan_sweep
+    from trdeploy.calibrate.request import DEFAULT_MAX_WAVES
+    from trdeploy.calibrate.sweep import plan_sweep
     from trdeploy.deployment import DeploymentProfile
     from trdeploy.sizing.calibration import run_engine, step_factory
     from trdeploy.sizing.latency import PRIOR
 
     profile = DeploymentProfile.load(DATA4 / "profile-h100-awq.yaml")
-    assert MAX_WAVES == 8
+    assert DEFAULT_MAX_WAVES == 8
     for tag in FOURTH:
         cal = Calibration.load(DATA4 / f"calibration-h100-awq-{tag}.yaml")
         run = cal.runs[0]

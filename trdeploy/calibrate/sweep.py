@@ -12,7 +12,7 @@ budget (8 to 40 s).
 Every point's duration is predicted with the model before calibration (the prior); points are run most
 informative first, and those that would not finish inside the budget (90% of it, the rest for the warm-up and
 the scrapes) get fewer requests, then are dropped from the end. A budget the points leave unused buys the
-closed-loop points more requests (up to MAX_WAVES waves each, `--max-waves`), which lowers the noise of what
+closed-loop points more requests (up to DEFAULT_MAX_WAVES waves each, `--max-waves`), which lowers the noise of what
 they measure: a closed loop's first wave arrives at once, and its TTFT p50 depends on how the next waves
 spread. Measured on an H100 with Llama-3-8B AWQ (tests/data/calibrate_h100_4): two sweeps of at most 8 waves
 (6-minute budget, 221 and 222 s) against two of at most 3 (2-minute budget, ~80 s), each checked on 7 held-out
@@ -32,7 +32,6 @@ from trdeploy.sizing.latency import StepModel, predict_latency
 from trdeploy.sizing.memory import KV_BLOCK_SIZE, cdiv
 
 MIN_REQUESTS = 8
-MAX_WAVES = DEFAULT_MAX_WAVES
 POISSON_SECONDS = (8.0, 40.0)  # at least, at most
 POISSON_BUDGET_SHARE = 0.12
 POISSON_SHARE = 0.6
@@ -101,7 +100,7 @@ def _levels(limit: int) -> list[int]:
 
 
 def plan_sweep(
-    profile: DeploymentProfile, step: StepModel, engine: Engine, *, budget_s: float, kv_capacity_tokens: int, seed: int = 0, max_waves: int = MAX_WAVES
+    profile: DeploymentProfile, step: StepModel, engine: Engine, *, budget_s: float, kv_capacity_tokens: int, seed: int = 0, max_waves: int = DEFAULT_MAX_WAVES
 ) -> Sweep:
     """The points, in the order they run, and what the budget could not hold."""
     mixes = shapes(profile)
