@@ -23,7 +23,7 @@ from trdeploy.sizing.calibration import MAX_CALIBRATION_BYTES, Calibration, fit_
 from trdeploy.sizing.latency import PRIOR  # noqa: E402
 
 
-def refit(path: Path, *, leave_one_out: bool = True) -> Calibration:
+def refit(path: Path, *, leave_one_out: bool = True, async_scheduling: bool = False) -> Calibration:
     data = load_yaml(read_limited(path, limit=MAX_CALIBRATION_BYTES, what="calibration", hint=""), where=str(path), hint="")
     if data.get("prior") != "datasheet":
         raise SystemExit(f"{path}: prior {data.get('prior')!r}; this script refits datasheet-prior calibrations only")
@@ -45,6 +45,7 @@ def refit(path: Path, *, leave_one_out: bool = True) -> Calibration:
         notes=[*old.notes, f"Refit from its points by scripts/refit_calibration.py (made at {old.created_at} by {old.created_by})."],
         created_at=old.created_at,
         progress=lambda msg: print(f"[{path.name}] {msg}", file=sys.stderr, flush=True),
+        async_scheduling=async_scheduling,
     )
     return refitted.model_copy(update={"created_by": old.created_by})
 

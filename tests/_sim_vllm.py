@@ -7,7 +7,9 @@ from a sweep and predict loads it did not measure. It fails the way vLLM fails: 
 /v1 (while /health, /metrics and /version stay open), 404 with vLLM's error body for a model it does not serve,
 400 for a prompt longer than max_model_len.
 
-Scheduling (written for this double, not shared with trdeploy): one engine step at a time; running requests
+Scheduling (written for this double, not shared with trdeploy): one engine step at a time, each scheduled when
+the one before it ends (synchronously, as trdeploy's model does; vLLM 0.25 schedules one step ahead by default,
+trdeploy.sizing.batching's docstring says what that changes and why the model does not); running requests
 first (a decode token each, or the rest of a chunked prompt), then waiting ones in arrival order while the
 step's token budget (max_num_batched_tokens) lasts, fewer than max_num_seqs run and the KV cache (num_gpu_blocks
 x 16) has blocks; a decode that finds no free block preempts the last admitted request (recomputed later).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 
 import pytest
@@ -185,3 +186,34 @@ def test_max_waves_makes_the_plans_the_fourth_session_ran():
         assert cal.sweep["seconds"] <= cal.sweep["budget_minutes"] * 60
     top = next(p for p in Calibration.load(DATA4 / "calibration-h100-awq-w8-1.yaml").runs[0].points if p.id == "typical-c72")
     assert top.load.num_requests == 8 * 72
+
+
+def test_compare_scheduling_refits_with_async_scheduling_and_predicts_with_it():
+    """scripts/compare_scheduling.py on the second session's AWQ set: the synchronous column is README's (the
+    calibration as shipped); the asynchronous one is a refit that fits its own points better with the engine
+    scheduling one step ahead than without, so it was fitted and is predicted with asynchronous scheduling."""
+    spec = importlib.util.spec_from_file_location("compare_scheduling", ROOT / "scripts" / "compare_scheduling.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["compare_scheduling"] = mod
+    spec.loader.exec_module(mod)
+    from trdeploy.calibrate.accuracy import point_errors
+    from trdeploy.sizing.calibration import observations
+    from trdeploy.sizing.fit import errors, summarize_errors
+
+    index, (label, cal, run) = next((k, s) for k, s in enumerate(_script().held_out_sets()) if "second session, AWQ" in s[0])
+    result = mod.compare([index])
+    (entry,) = result["sets"]
+    assert entry["label"] == label and entry["points"] == len(run.points) == 2
+    readme = summarize_errors([r["error"] for r in point_errors(cal.params, run, "h100")])
+    for metric, (median, _) in entry["sync"]["summary"].items():
+        assert median == pytest.approx(readme[metric]["median_abs"], abs=1e-12)
+    refit = cal.params.with_values(**entry["async_latency"])
+    assert refit != cal.params
+
+    def rms(async_scheduling: bool) -> float:
+        obs = [o for _, _, o in observations(cal.runs, "h100", async_scheduling=async_scheduling)]
+        return math.sqrt(sum(math.log1p(e) ** 2 for o in obs for e in errors(o.predict(refit), o).values()) / len(obs))
+
+    assert rms(True) < rms(False)
+    assert result["pooled"]["async"]["summary"] == entry["async"]["summary"]
+    assert "all sets pooled" in mod.render(result)

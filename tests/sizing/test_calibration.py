@@ -146,11 +146,13 @@ def test_rate_driven_arrivals_follow_benchs_schedule():
     assert (np.diff(np.sort(capped.sent_ms))[2:] > 100).any()
 
 
-def _reference(step: StepModel, budget: int, mix: Mix, clients: int, n: int) -> np.ndarray:
+def _reference(step: StepModel, budget: int, mix: Mix, clients: int, n: int, *, one_ahead: bool = False) -> np.ndarray:
     """The same engine, one step at a time and nothing summed (closed loop, no KV limit, no prefix cache): the
     end-to-end latencies, sorted. The API server serves, first come first served, each request sent before a
-    step ends, then that step's tokens."""
+    step ends, then that step's tokens. `one_ahead` (async scheduling): a step takes in only the requests that
+    were in by the start of the step before it, unless nothing was running."""
     t = front = 0.0
+    prev_start = None  # the start of the step before, while the engine is busy
     sent, end, queue, running = {}, {}, [], []  # running: [request, prompt left, context, tokens out]
     sends = [(0.0, i) for i in range(min(clients, n))]
     nxt = len(sends)
@@ -164,7 +166,10 @@ def _reference(step: StepModel, budget: int, mix: Mix, clients: int, n: int) -> 
 
     while len(end) < n:
         serve_requests(t)
-        for q in sorted(q for q in queue if q[0] <= t):
+        if not running:
+            prev_start = None
+        horizon = prev_start if one_ahead and prev_start is not None else t
+        for q in sorted(q for q in queue if q[0] <= horizon):
             queue.remove(q)
             running.append([q[1], mix.prompt_tokens, 0, 0])
         if not running:
@@ -182,6 +187,7 @@ def _reference(step: StepModel, budget: int, mix: Mix, clients: int, n: int) -> 
                 kvctx += r[2] + 1  # a decode step attends over the context and the token it processes
             tokens, seqs, left = tokens + c, seqs + 1, left - c
             outs.append((r, c))
+        prev_start = t
         t += step.step_ms(tokens=tokens, seqs=seqs, kv_context=kvctx, attn_token_ctx=attn, decode_only=False)
         emitted = []
         for r, c in outs:
@@ -206,15 +212,36 @@ def _reference(step: StepModel, budget: int, mix: Mix, clients: int, n: int) -> 
     return np.sort([end[i] - sent[i] for i in range(n)])
 
 
+@pytest.mark.parametrize("one_ahead", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("clients, n", [(1, 3), (8, 24), (24, 40)])
-def test_decode_leaps_match_a_step_by_step_reference(clients, n):
+def test_decode_leaps_match_a_step_by_step_reference(clients, n, one_ahead):
     """Decode stretches are summed in closed form (times and the API server's backlog): the same latencies as
-    a plain step-by-step simulation."""
+    a plain step-by-step simulation, with steps scheduled when they start or one step ahead."""
     step = _flat_step(weight_ms=5.0, kv_ms_per_token=0.001, per_sequence_ms=0.01, frontend_token_ms=0.3, frontend_request_ms=0.5,
                       request_overhead_ms=3.0)  # fmt: skip
     mix = Mix(64, 40)
-    sim = simulate(step, Engine(64, 1024), mix, Load.closed(clients, n))
-    assert np.allclose(np.sort(sim.e2e_ms), _reference(step, 1024, mix, clients, n), rtol=1e-9)
+    sim = simulate(step, Engine(64, 1024, async_scheduling=one_ahead), mix, Load.closed(clients, n))
+    assert np.allclose(np.sort(sim.e2e_ms), _reference(step, 1024, mix, clients, n, one_ahead=one_ahead), rtol=1e-9)
+
+
+def test_async_scheduling_admits_a_request_that_arrives_mid_step_into_the_step_after_the_next():
+    """vLLM 0.25 schedules a step while the one before it runs (trdeploy.sizing.batching's docstring)."""
+    step = _flat_step(weight_ms=1.0, gemm_ms_per_token=0.1)  # a 300-token prefill is 30 ms, a decode step 1 ms
+    rate = Load.poisson(1000.0, 2, seed=0)
+    s0, s1 = arrival_schedule(1000.0, 1.0, 2, 0) * 1000  # the second request arrives while the first one's prefill runs
+    assert 0 < s1 - s0 < 30.0
+    sync = simulate(step, Engine(8, 512), Mix(300, 5), rate)
+    ahead = simulate(step, Engine(8, 512, async_scheduling=True), Mix(300, 5), rate)
+    # An idle engine schedules the first request at once either way: one 30 ms step.
+    assert sync.ttft_ms[0] == pytest.approx(30.0) and ahead.ttft_ms[0] == pytest.approx(30.0)
+    # Synchronous: the second is taken in when that step ends and prefilled in the next (30 ms and the first's decode token).
+    assert sync.ttft_ms[1] == pytest.approx(s0 + 30.0 + 30.1 - s1)
+    # One step ahead: the step after the first was scheduled when the first started (the first's decode alone, 1 ms),
+    # so the second waits for the step after it; vLLM's timers count it from when it was taken in to its first token.
+    assert ahead.ttft_ms[1] == pytest.approx(s0 + 30.0 + 1.0 + 30.1 - s1)
+    assert ahead.engine_ttft_ms[1] == pytest.approx(1.0 + 30.1) and sync.engine_ttft_ms[1] == pytest.approx(30.1)
+    # Synchronous is the default.
+    assert Engine(8, 512).async_scheduling is False
 
 
 # --- The fit -----------------------------------------------------------------------------------------------------

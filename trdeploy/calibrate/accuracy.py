@@ -33,10 +33,10 @@ def run_of_reports(template: Run, reports: Sequence[Path], *, engine_args: Engin
     return template.model_copy(update=update, deep=True)
 
 
-def point_errors(params: LatencyParams, run: Run, tier: str) -> list[dict[str, Any]]:
+def point_errors(params: LatencyParams, run: Run, tier: str, *, async_scheduling: bool = False) -> list[dict[str, Any]]:
     """Each point of the run predicted with `params`: its shape, load, measured values and signed errors."""
     rows = []
-    for _, k, obs in observations([run], tier, fitted=None):
+    for _, k, obs in observations([run], tier, fitted=None, async_scheduling=async_scheduling):
         p = run.points[k]
         rows.append({"id": p.id, "prompt_tokens": p.prompt_tokens, "output_tokens": p.output_tokens, "load": p.load.label(),
                      "measured": p.measured.values(), "error": errors(obs.predict(params), obs)})  # fmt: skip

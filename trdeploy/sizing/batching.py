@@ -9,6 +9,14 @@ at the end of the step that completes its prefill; every later step adds one tok
 needs KV blocks that are not there, the most recently admitted request is preempted (its blocks freed, its
 tokens recomputed later). The time of a step comes from the step law (trdeploy.sizing.latency.StepModel).
 
+vLLM 0.25 schedules asynchronously by default (vllm/config/vllm.py turns `async_scheduling` on unless an
+option rules it out; the engine core then keeps two batches in flight, vllm/v1/engine/core.py
+`step_with_batch_queue`): it schedules a step while the one before it runs, so a request taken in while a step
+runs joins the step after the next, and its queue time in vLLM's metrics is near zero while its prefill time
+spans two steps. The model schedules synchronously (a request joins the next step) unless
+`Engine.async_scheduling` is set: refitted with it, the four H100 sessions' calibrations predicted their
+held-out loads no better (scripts/compare_scheduling.py prints both), so the default stays the one measured.
+
 Between the clients and the engine sits the API server, one process that handles every new request
 (parsing, tokenizing: `frontend_request_ms`), every streamed token (detokenizing, the SSE chunk:
 `frontend_token_ms`) and every finished request after its last token (the closing chunks, its stats:
@@ -53,12 +61,14 @@ Arrivals = Literal["closed", "poisson"]
 
 @dataclass(frozen=True)
 class Engine:
-    """The engine limits that shape the batches."""
+    """The engine limits that shape the batches, and how steps are scheduled (`async_scheduling`: one step
+    ahead, as vLLM 0.25 does by default; the module docstring says why the model does not)."""
 
     max_num_seqs: int
     max_num_batched_tokens: int
     kv_capacity_tokens: int | None = None  # num_gpu_blocks x block_size; None: never full
     block_size: int = 16
+    async_scheduling: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,10 @@ class _Sim:
         self.kv_used = 0.0
         self.step_idx = 0
         self.t = 0.0
+        self.one_ahead = bool(engine.async_scheduling)
+        # With async scheduling a step admits only the requests taken in by the start of the step before it (it
+        # was scheduled then); None: the engine was idle, and schedules as soon as a request is in.
+        self.prev_start: float | None = None
         self.preemptions = 0
         self.busy = 0.0
         self.finished = 0
@@ -290,9 +304,9 @@ class _Sim:
             out.append(i)
         return out
 
-    def decode_leap(self) -> None:
+    def decode_leap(self, single: bool = False) -> None:
         """Pure decode steps until the next finish, a request the engine could take, a request reaching the
-        API server, or a full KV cache."""
+        API server, or a full KV cache (one step only if `single`: a waiting request is admitted in the next)."""
         b = self.n_dec
         heap, ver = self.dec_heap, self.ver
         while heap and heap[0][2] != ver[heap[0][1]]:
@@ -311,8 +325,9 @@ class _Sim:
             ta = self.next_arrival()
             if ta < math.inf:
                 k = min(k, _steps_until(ta - t0, base, slope))
-        k = max(1, k)
+        k = 1 if single else max(1, k)
         dt = k * base + slope * k * (k - 1) / 2.0
+        self.prev_start = t0 + dt - (base + slope * (k - 1))
         # The API server's backlog after k bursts of b tokens at the step ends T_1..T_k (first come, first
         # served): F_k = max(F_0 + k w, T_1 + k w, T_k + w), since T_j - j w is convex in j. Requests sent
         # during the last step go in before its burst.
@@ -330,6 +345,12 @@ class _Sim:
         for i in self.finishing_decoders():
             self.deliver(i, first=False, last=True)
         self.bill_finishes()
+
+    def admission_horizon(self) -> float:
+        """The latest time at which a request taken in can join the step starting now."""
+        if self.one_ahead and self.prev_start is not None:
+            return self.prev_start
+        return self.t
 
     def mixed_step(self) -> None:
         """One step with prefill work: decodes first, then running prefills, then admissions."""
@@ -351,8 +372,11 @@ class _Sim:
             budget -= c
             chunks.append((i, c))
         new_tokens = tokens - n_dec
+        horizon = self.admission_horizon()
         while self.waiting and budget > 0 and len(self.running) < self.seqs_cap:
             i = self.waiting[0]
+            if self.queued[i] > horizon:
+                break
             c = min(self.rem[i], budget)
             if self.kv_used + new_tokens + n_dec + c + self.waste > self.kv_cap:
                 break
@@ -381,6 +405,7 @@ class _Sim:
             return
         dt = self.step.step_ms(tokens=tokens, seqs=seqs, kv_context=kvctx, attn_token_ctx=attn, decode_only=False)
         self.busy += dt * len(self.running)
+        self.prev_start = self.t
         self.t += dt
         self.step_idx += 1
         self.kv_used += n_dec + new_tokens
@@ -430,14 +455,17 @@ class _Sim:
                     break
                 self.t = max(self.t, nxt)
                 continue
+            if not self.running:
+                self.prev_start = None  # an idle engine schedules a step as soon as a request is in
             can_admit = bool(self.waiting) and len(self.running) < self.seqs_cap
-            if self.prefilling or can_admit:
+            ready = can_admit and self.queued[self.waiting[0]] <= self.admission_horizon()
+            if self.prefilling or ready:
                 self.mixed_step()
             elif self.n_dec:
                 if self.kv_used + self.n_dec > self.kv_cap:
                     self.preempt()
                 else:
-                    self.decode_leap()
+                    self.decode_leap(single=can_admit and self.one_ahead)
             else:  # waiting requests the engine cannot take and nothing running: cannot happen
                 break
         return Simulated(

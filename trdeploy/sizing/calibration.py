@@ -360,18 +360,20 @@ def step_factory(run: Run, tier: str) -> Callable[[LatencyParams], StepModel]:
     return make
 
 
-def run_engine(run: Run, tier: str) -> Engine:
-    """The engine limits of a run; the KV capacity as the server reported it, else as predicted."""
+def run_engine(run: Run, tier: str, *, async_scheduling: bool = False) -> Engine:
+    """The engine limits of a run; the KV capacity as the server reported it, else as predicted
+    (`async_scheduling`: trdeploy.sizing.batching's module docstring)."""
     ea = run.engine_args
     s = run.server
     if s.num_gpu_blocks:
         capacity = s.num_gpu_blocks * (s.block_size or KV_BLOCK_SIZE)
     else:
         capacity = _kv(run, get_gpu(tier)).num_blocks * KV_BLOCK_SIZE
-    return Engine(max_num_seqs=ea.max_num_seqs, max_num_batched_tokens=ea.max_num_batched_tokens, kv_capacity_tokens=capacity)
+    return Engine(max_num_seqs=ea.max_num_seqs, max_num_batched_tokens=ea.max_num_batched_tokens, kv_capacity_tokens=capacity,
+                  async_scheduling=async_scheduling)  # fmt: skip
 
 
-def observations(runs: Sequence[Run], tier: str, *, fitted: bool | None = True) -> list[tuple[int, int, Observation]]:
+def observations(runs: Sequence[Run], tier: str, *, fitted: bool | None = True, async_scheduling: bool = False) -> list[tuple[int, int, Observation]]:
     """(run index, point index, observation) for the runs' points (`fitted`: only points used in the fit, only
     the others, or all)."""
     out: list[tuple[int, int, Observation]] = []
@@ -379,7 +381,7 @@ def observations(runs: Sequence[Run], tier: str, *, fitted: bool | None = True) 
         if not run.points:
             continue
         make = step_factory(run, tier)
-        engine = run_engine(run, tier)
+        engine = run_engine(run, tier, async_scheduling=async_scheduling)
         for k, p in enumerate(run.points):
             if fitted is not None and p.fit != fitted:
                 continue
@@ -488,6 +490,7 @@ def fit_calibration(
     notes: Sequence[str] = (),
     created_at: str | None = None,
     progress: Callable[[str], None] | None = None,
+    async_scheduling: bool = False,
 ) -> Calibration:
     """Fit the latency parameters to every fitted point of the runs (jointly), the CUDA-visible memory to their
     KV cache sizes, and record each point's error before (the prior) and after (leave-one-out for fitted
@@ -495,7 +498,7 @@ def fit_calibration(
     say = progress or (lambda _msg: None)
     runs = [r.model_copy(deep=True) for r in runs]
     gpu = get_gpu(tier)
-    fit_obs = observations(runs, tier, fitted=True)
+    fit_obs = observations(runs, tier, fitted=True, async_scheduling=async_scheduling)
     names = fittable(runs)
     say(f"fitting {len(names)} parameters to {len(fit_obs)} points")
     obs_list = [o for _, _, o in fit_obs]
@@ -511,7 +514,7 @@ def fit_calibration(
         loo = leave_one_out(FitResult(params=params, fitted=tuple(fitted_names), iterations=0, cost=0, rms_log_error=0, converged=True), obs_list, prior=prior)
         for (r, k, _), e in zip(fit_obs, loo, strict=True):
             runs[r].points[k].error_after = e
-    held = observations(runs, tier, fitted=False)
+    held = observations(runs, tier, fitted=False, async_scheduling=async_scheduling)
     for r, k, o in held:
         runs[r].points[k].error_before = errors(o.predict(prior), o)
         runs[r].points[k].error_after = errors(o.predict(params), o)
