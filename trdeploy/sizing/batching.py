@@ -12,8 +12,8 @@ tokens recomputed later). The time of a step comes from the step law (trdeploy.s
 vLLM 0.25 schedules asynchronously by default (vllm/config/vllm.py turns `async_scheduling` on unless an
 option rules it out; the engine core then keeps two batches in flight, vllm/v1/engine/core.py
 `step_with_batch_queue`): it schedules a step while the one before it runs, so a request taken in while a step
-runs joins the step after the next, and its queue time in vLLM's metrics is near zero while its prefill time
-spans two steps. The model schedules synchronously (a request joins the next step) unless
+runs joins the step after the next, and vLLM's timers count the step before it in its prefill time (from
+being scheduled to the first token: two steps). The model schedules synchronously (a request joins the next step) unless
 `Engine.async_scheduling` is set: refitted with it, the four H100 sessions' calibrations predicted their
 held-out loads no better (scripts/compare_scheduling.py prints both), so the default stays the one measured.
 
