@@ -15,6 +15,9 @@
 #   bash D/calibrate_gpu.sh awq-cal M W TAG   # calibrate (M minutes, --max-waves W) -> $OUT  (in the fourth session the device copy of
 #                                             trdeploy read W from TRDEPLOY_SWEEP_MAX_WAVES, before --max-waves existed; the same plan)
 #   bash D/calibrate_gpu.sh awq-held      # held-out bench runs with every request's timings -> $OUT
+# What the fifth session's note asks next (vLLM 0.25 schedules one step ahead by default; the model does not):
+#   bash D/calibrate_gpu.sh lead [TAG]    # prompt length at fixed concurrency, with vLLM's timers and every request's -> $OUT
+#   bash D/calibrate_gpu.sh sync-server   # restart the AWQ server with --no-async-scheduling; awq-held's loads again -> $OUT
 #
 # The card is treated as unknown: --prior datasheet (the fit starts from, and "before" is, datasheet figures
 # with generic efficiencies, not the shipped H100/H200 calibrations).
@@ -25,8 +28,8 @@ export PYTHONPATH=/tmp/site:$C PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 VLLM_NO_USAGE
 OUTDIR=${OUT:-/tmp/out}; mkdir -p "$OUTDIR" /tmp/parts /tmp/res
 gpu_tier() { nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -q H200 && echo h200 || echo h100; }
 serve_args() { python3 -P -c "import sys; from trdeploy.deployment import DeploymentProfile as P; print(' '.join(P.load(sys.argv[1]).engine_args.to_cli_args()))" "$1"; }
-start_server() {  # $1 model dir, $2 profile, $3 name: start vLLM in its own session (it outlives this call)
-  local args; args=$(serve_args "$2")
+start_server() {  # $1 model dir, $2 profile, $3 name, $4 more vLLM arguments: start vLLM in its own session (it outlives this call)
+  local args; args="$(serve_args "$2") ${4:-}"
   echo "serve $1 $args"
   setsid nohup python3 -m vllm.entrypoints.openai.api_server --model "$1" --port 8000 $args > /tmp/res/$3.server.log 2>&1 < /dev/null &
   echo $! > /tmp/vllm.pid; date +%s > /tmp/vllm.t0
@@ -76,22 +79,44 @@ awq-cal)
   echo "awq-cal $T $(( $(date +%s) - t )) s"
   pack awq-$T
   ;;
-awq-held)
-  tier=$(cat /tmp/tier); P=$C/profile-$tier-awq.yaml
+awq-held|sync-server)
+  tier=$(cat /tmp/tier); P=$C/profile-$tier-awq.yaml; R=/tmp/res
+  if [ "$1" = sync-server ]; then  # the same server scheduling each step when the one before it ends
+    kill "$(cat /tmp/vllm.pid)"; sleep 5
+    start_server /tmp/q "$P" awq-sync --no-async-scheduling
+    wait_health awq-sync 420 || exit 1
+    grep -i "asynchronous scheduling" /tmp/res/awq-sync.server.log | tail -1
+    R=/tmp/res/sync; mkdir -p $R
+  fi
   tr() { python3 -P -m trdeploy "$@"; }
   B="tr bench --url http://localhost:8000 --api completions --ignore-eos --json"
-  $B --synthetic 1024 --output-tokens 256 -c 32 -n 128 -o /tmp/res/held-awq-typical.json --requests /tmp/res/held-awq-typical.csv > /dev/null
-  $B --synthetic 3000 --output-tokens 100 -c 8 -n 32 -o /tmp/res/held-awq-3000-100.json --requests /tmp/res/held-awq-3000-100.csv > /dev/null
-  $B --synthetic 512 --output-tokens 128 -c 16 -n 64 -o /tmp/res/held-awq-512-128.json --requests /tmp/res/held-awq-512-128.csv > /dev/null
-  $B --synthetic 128 --output-tokens 512 -c 32 -n 64 -o /tmp/res/held-awq-128-512.json --requests /tmp/res/held-awq-128-512.csv > /dev/null
-  $B --synthetic 1536 --output-tokens 128 -c 24 -n 72 -o /tmp/res/held-awq-1536-128.json --requests /tmp/res/held-awq-1536-128.csv > /dev/null
-  $B --synthetic 768 --output-tokens 384 -c 48 -n 96 -o /tmp/res/held-awq-768-384.json --requests /tmp/res/held-awq-768-384.csv > /dev/null
-  $B --synthetic 1024 --output-tokens 256 --request-rate 5 -n 160 -o /tmp/res/held-awq-poisson.json --requests /tmp/res/held-awq-poisson.csv > /dev/null
+  $B --synthetic 1024 --output-tokens 256 -c 32 -n 128 -o $R/held-awq-typical.json --requests $R/held-awq-typical.csv > /dev/null
+  $B --synthetic 3000 --output-tokens 100 -c 8 -n 32 -o $R/held-awq-3000-100.json --requests $R/held-awq-3000-100.csv > /dev/null
+  $B --synthetic 512 --output-tokens 128 -c 16 -n 64 -o $R/held-awq-512-128.json --requests $R/held-awq-512-128.csv > /dev/null
+  $B --synthetic 128 --output-tokens 512 -c 32 -n 64 -o $R/held-awq-128-512.json --requests $R/held-awq-128-512.csv > /dev/null
+  $B --synthetic 1536 --output-tokens 128 -c 24 -n 72 -o $R/held-awq-1536-128.json --requests $R/held-awq-1536-128.csv > /dev/null
+  $B --synthetic 768 --output-tokens 384 -c 48 -n 96 -o $R/held-awq-768-384.json --requests $R/held-awq-768-384.csv > /dev/null
+  $B --synthetic 1024 --output-tokens 256 --request-rate 5 -n 160 -o $R/held-awq-poisson.json --requests $R/held-awq-poisson.csv > /dev/null
   for f in /tmp/res/calibration-$tier-awq-*.yaml; do
-    echo "== $f"; tr calibrate --check "$f" --from-bench /tmp/res/held-awq-*.json --profile "$P" --json > "${f%.yaml}.check.json"
-    python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; print({m: (round(v['median_abs']*100,1), round(v['p90_abs']*100,1), v['points']) for m, v in s.items()})" "${f%.yaml}.check.json"
+    echo "== $f"; tr calibrate --check "$f" --from-bench $R/held-awq-*.json --profile "$P" --json > "$R/$(basename "${f%.yaml}").check.json"
+    python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; print({m: (round(v['median_abs']*100,1), round(v['p90_abs']*100,1), v['points']) for m, v in s.items()})" "$R/$(basename "${f%.yaml}").check.json"
   done
-  pack awq-held
+  pack "$1"
+  ;;
+lead)
+  # Prompt length at fixed concurrency (64 output tokens): what the API server and the engine each add to TTFT as
+  # prompts grow, from vLLM's timers (bench's server_metrics) and every request's timings. TAG names the server.
+  T=${2:-async}; R=/tmp/res/lead-$T; mkdir -p $R
+  tr() { python3 -P -m trdeploy "$@"; }
+  B="tr bench --url http://localhost:8000 --api completions --ignore-eos --json"
+  for c in 16 4; do
+    for p in 256 512 1024 2048 4096; do
+      case "$c-$p" in 4-512|4-2048) continue ;; esac
+      $B --synthetic "$p" --output-tokens 64 -c "$c" -n $(( 4 * c )) -o $R/lead-$p-c$c.json --requests $R/lead-$p-c$c.csv > /dev/null
+      python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['runs'][0]; m=(r.get('server_metrics') or {}).get('mean_ms') or {}; print(sys.argv[1].split('/')[-1], 'ttft', round(r['mean_ttft_ms'],1), {k: round(v,1) for k, v in m.items() if v is not None})" $R/lead-$p-c$c.json
+    done
+  done
+  pack lead-$T
   ;;
 calibrate)
   tier=$(cat /tmp/tier); P=$C/profile-$tier-bf16.yaml; M=${2:-6}
