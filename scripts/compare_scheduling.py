@@ -18,52 +18,36 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from accuracy_table import held_out_sets  # noqa: E402
-from refit_calibration import refit  # noqa: E402
+from accuracy_table import NAMES, held_out_sets  # noqa: E402
+from refit_calibration import refit_text  # noqa: E402
 
 from trdeploy.calibrate.accuracy import point_errors  # noqa: E402
-from trdeploy.sizing.calibration import Calibration  # noqa: E402
-from trdeploy.sizing.fit import METRICS  # noqa: E402
+from trdeploy.sizing.fit import METRICS, summarize_errors  # noqa: E402
 
 # The issue's targets for held-out points (median absolute error; P90 at most twice).
 TARGETS = {"ttft_p50_ms": 0.15, "ttft_p95_ms": 0.10, "tpot_p50_ms": 0.05, "e2e_p95_ms": 0.05, "output_throughput": 0.05}
-NAMES = {"ttft_p50_ms": "TTFT p50", "ttft_p95_ms": "TTFT p95", "tpot_p50_ms": "TPOT p50", "e2e_p95_ms": "E2E p95", "output_throughput": "tok/s"}
 
 
 def _refit_async(text: str) -> dict[str, float]:
     """The calibration's points fitted again with asynchronous scheduling (no leave-one-out): its parameters."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "calibration.yaml"
-        path.write_text(text)
-        return refit(path, leave_one_out=False, async_scheduling=True).latency
+    return refit_text(text, "calibration.yaml", leave_one_out=False, async_scheduling=True).latency
 
 
-def _cells(rows: list[dict]) -> dict[str, list[float]]:
-    return {m: [abs(r["error"][m]) for r in rows if m in r["error"]] for m in METRICS}
-
-
-def _summary(errs: dict[str, list[float]]) -> dict[str, tuple[float, float] | None]:
-    return {m: (float(np.median(v)), float(np.percentile(v, 90))) if v else None for m, v in errs.items()}
-
-
-def _misses(summary: dict[str, tuple[float, float] | None]) -> tuple[int, int]:
-    med = sum(1 for m, s in summary.items() if s and s[0] > TARGETS[m])
-    p90 = sum(1 for m, s in summary.items() if s and s[1] > 2 * TARGETS[m])
+def _misses(summary: dict[str, dict]) -> tuple[int, int]:
+    med = sum(1 for m, s in summary.items() if s["median_abs"] > TARGETS[m])
+    p90 = sum(1 for m, s in summary.items() if s["p90_abs"] > 2 * TARGETS[m])
     return med, p90
 
 
-def _line(label: str, summary: dict[str, tuple[float, float] | None]) -> str:
-    cells = [f"{s[0] * 100:5.1f} / {s[1] * 100:5.1f}" if s else "      -      " for s in summary.values()]
+def _line(label: str, summary: dict[str, dict]) -> str:
+    cells = [f"{s['median_abs'] * 100:5.1f} / {s['p90_abs'] * 100:5.1f}" if (s := summary.get(m)) else "      -      " for m in METRICS]
     return f"  {label:6s} " + " | ".join(cells)
 
 
@@ -75,20 +59,20 @@ def compare(sets: list[int] | None = None, jobs: int = 1) -> dict:
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         refits = dict(zip(texts, pool.map(_refit_async, texts.values()), strict=True))
     out: dict = {"sets": [], "pooled": {}}
-    pooled: dict[str, dict[str, list[float]]] = {"sync": {m: [] for m in METRICS}, "async": {m: [] for m in METRICS}}
+    pooled: dict[str, list[dict[str, float]]] = {"sync": [], "async": []}  # every point's errors
     for k, (label, cal, run) in chosen:
-        async_params = Calibration.model_validate({**cal.model_dump(), "latency": refits[cal.sha256()]}).params
+        async_params = cal.params.with_values(**refits[cal.sha256()])
         rows = {"sync": point_errors(cal.params, run, "h100"), "async": point_errors(async_params, run, "h100", async_scheduling=True)}
         entry = {"index": k, "label": label, "points": len(run.points)}
         for mode, r in rows.items():
-            errs = _cells(r)
-            for m in METRICS:
-                pooled[mode][m] += errs[m]
-            entry[mode] = {"summary": _summary(errs), "misses": _misses(_summary(errs)), "errors": {row["id"]: row["error"] for row in r}}
+            errs = [row["error"] for row in r]
+            pooled[mode] += errs
+            summary = summarize_errors(errs)
+            entry[mode] = {"summary": summary, "misses": _misses(summary), "errors": {row["id"]: row["error"] for row in r}}
         entry["async_latency"] = refits[cal.sha256()]
         out["sets"].append(entry)
     for mode, errs in pooled.items():
-        out["pooled"][mode] = {"summary": _summary(errs), "misses": [sum(e[mode]["misses"][i] for e in out["sets"]) for i in (0, 1)]}
+        out["pooled"][mode] = {"summary": summarize_errors(errs), "misses": [sum(e[mode]["misses"][i] for e in out["sets"]) for i in (0, 1)]}
     return out
 
 

@@ -24,9 +24,15 @@ from trdeploy.sizing.latency import PRIOR  # noqa: E402
 
 
 def refit(path: Path, *, leave_one_out: bool = True, async_scheduling: bool = False) -> Calibration:
-    data = load_yaml(read_limited(path, limit=MAX_CALIBRATION_BYTES, what="calibration", hint=""), where=str(path), hint="")
+    text = read_limited(path, limit=MAX_CALIBRATION_BYTES, what="calibration", hint="")
+    return refit_text(text, str(path), leave_one_out=leave_one_out, async_scheduling=async_scheduling)
+
+
+def refit_text(text: str | bytes, where: str, *, leave_one_out: bool = True, async_scheduling: bool = False) -> Calibration:
+    """`refit` of a calibration's YAML text (`where` names it in messages)."""
+    data = load_yaml(text, where=where, hint="")
     if data.get("prior") != "datasheet":
-        raise SystemExit(f"{path}: prior {data.get('prior')!r}; this script refits datasheet-prior calibrations only")
+        raise SystemExit(f"{where}: prior {data.get('prior')!r}; this script refits datasheet-prior calibrations only")
     data.update(latency=PRIOR.as_dict(), fitted=[], errors={})  # the old model's parameters are not read
     old = Calibration.model_validate(data)
     for run in old.runs:  # measured figures a newer model fits, made from what the point recorded
@@ -44,7 +50,7 @@ def refit(path: Path, *, leave_one_out: bool = True, async_scheduling: bool = Fa
         sweep=old.sweep,
         notes=[*old.notes, f"Refit from its points by scripts/refit_calibration.py (made at {old.created_at} by {old.created_by})."],
         created_at=old.created_at,
-        progress=lambda msg: print(f"[{path.name}] {msg}", file=sys.stderr, flush=True),
+        progress=lambda msg: print(f"[{Path(where).name}] {msg}", file=sys.stderr, flush=True),
         async_scheduling=async_scheduling,
     )
     return refitted.model_copy(update={"created_by": old.created_by})
